@@ -1,0 +1,3 @@
+from austasync.cli import main
+
+main()

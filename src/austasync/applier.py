@@ -1,0 +1,388 @@
+"""Applies the stream (and copied chunks) to the target in batched, idempotent, fenced transactions.
+
+A batch takes whole source transactions and keeps, per key, the net effect: the last after-image or a delete.
+It is written per table as ``DELETE ... WHERE key IN (touched keys)`` then one multi-row ``INSERT`` of the final
+images, never REPLACE or ON DUPLICATE KEY UPDATE, which act on *any* unique key and silently overwrite another
+row (DESIGN.md rule 3). The batch, its cascade steps and the new checkpoint commit in one target transaction, so
+nothing is ever applied twice. A duplicate-key error is drift and stops the daemon.
+
+Foreign-key cascades are not in the binlog (rule 5): before a row event that deletes a parent or changes a
+referenced column, the images so far are flushed into the open transaction and the CASCADE / SET NULL effects
+are reproduced by hand, recursively.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pymysql
+
+from austasync.db import ER_DUP_ENTRY, Connection, execute_raw, query
+from austasync.errors import DriftError
+from austasync.events import Row, Rows
+from austasync.position import Position
+from austasync.schema import ForeignKey, Table, TableId
+from austasync.sql import Kind, at_most_key, after_key, in_list, qualified, quote_ident, raw_literal, value_literal
+from austasync.state import CopyCursor, TargetState
+
+DELETED = None  # marker of a net image that is a delete
+MAX_STATEMENT_BYTES = 4 * 1024 * 1024
+MAX_KEYS_PER_DELETE = 2000
+
+
+@dataclass
+class _TablePlan:
+    """Everything about one table that the hot path needs, computed once."""
+
+    table: Table
+    target: str  # qualified target name
+    key_idx: tuple[int, ...]
+    write_idx: tuple[int, ...]
+    write_cols: str
+    kinds: tuple[tuple[Kind, str], ...]  # per column of the table: (kind, charset)
+    on_delete: tuple[ForeignKey, ...] = ()
+    on_update: tuple[ForeignKey, ...] = ()
+    self_referencing: bool = False
+
+    def key(self, row: Row) -> tuple[object, ...]:
+        return tuple(row[i] for i in self.key_idx)
+
+    def key_literal(self, key: Sequence[object]) -> tuple[str, ...]:
+        return tuple(
+            value_literal(v, self.kinds[i][0], self.kinds[i][1]) for v, i in zip(key, self.key_idx, strict=True)
+        )
+
+    def row_literal(self, row: Row) -> str:
+        kinds = self.kinds
+        return "(" + ",".join(value_literal(row[i], kinds[i][0], kinds[i][1]) for i in self.write_idx) + ")"
+
+
+@dataclass
+class BatchStats:
+    rows: int = 0
+    bytes: int = 0
+    transactions: int = 0
+    started: float = field(default_factory=time.monotonic)
+    oldest_timestamp: int | None = None
+
+
+class Applier:
+    """Owns the target write connection; every write goes through a fenced transaction opened here."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        state: TargetState,
+        tables: Mapping[TableId, Table],
+        foreign_keys: Sequence[ForeignKey],
+        target_db: Mapping[str, str],
+        position: Position,
+        skip_events: int = 0,
+    ) -> None:
+        self.conn = conn
+        self.state = state
+        self.target_db = target_db
+        self.plans = {tid: self._plan(t, foreign_keys) for tid, t in tables.items()}
+        self.position = position  # last boundary consumed (committed or pending in the open batch)
+        self.committed = position
+        self.images: dict[TableId, dict[tuple[object, ...], Row | None]] = {}
+        self.stats = BatchStats()
+        self.in_txn = False  # inside a source transaction
+        self.txn_start = position
+        self.txn_seq = 0  # rows events of the current source transaction consumed
+        self.resume_skip = skip_events  # rows events of the first transaction applied before a restart
+        self.skip_events = skip_events
+        self.target_open = False
+        self.phase = "copying"
+        self.applied_rows: dict[tuple[str, str], int] = {}
+
+    def _plan(self, table: Table, fks: Sequence[ForeignKey]) -> _TablePlan:
+        names = [c.name for c in table.columns]
+        write_idx = tuple(i for i, c in enumerate(table.columns) if not c.generated)
+        return _TablePlan(
+            table=table,
+            target=qualified(self.target_db.get(table.db, table.db), table.name),
+            key_idx=tuple(names.index(k) for k in table.key),
+            write_idx=write_idx,
+            write_cols=",".join(quote_ident(table.columns[i].name) for i in write_idx),
+            kinds=tuple((c.kind, c.charset) for c in table.columns),
+            on_delete=tuple(f for f in fks if f.parent == table.id and f.on_delete in ("CASCADE", "SET NULL")),
+            on_update=tuple(f for f in fks if f.parent == table.id and f.on_update in ("CASCADE", "SET NULL")),
+            self_referencing=any(f.parent == table.id and f.child == table.id for f in fks),
+        )
+
+    # --- consuming the stream ---------------------------------------------------------------------------------
+
+    def begin(self, start: Position) -> None:
+        self.in_txn = True
+        self.txn_start = start
+        self.txn_seq = 0
+
+    def rows(self, event: Rows) -> None:
+        self.txn_seq = event.seq
+        if self.resume_skip and event.seq <= self.resume_skip:
+            return  # applied before the restart that split this transaction (rule 1)
+        plan = self.plans[(event.db, event.table)]
+        if self.stats.oldest_timestamp is None:
+            self.stats.oldest_timestamp = event.timestamp
+        cascading = self._needs_cascade(plan, event)
+        if cascading:
+            self.flush()
+        images = self.images.setdefault(plan.table.id, {})
+        for before, after in event.rows:
+            if cascading:
+                if plan.self_referencing:
+                    self.flush()
+                    images = self.images.setdefault(plan.table.id, {})
+                self._cascade(plan, event.kind, before, after)
+            if before is not None and (after is None or plan.key(before) != plan.key(after)):
+                images[plan.key(before)] = DELETED
+            if after is not None:
+                images[plan.key(after)] = after
+                self.stats.bytes += _row_size(after)
+            self.stats.rows += 1
+        counter = (plan.table.id[1], event.kind)
+        self.applied_rows[counter] = self.applied_rows.get(counter, 0) + len(event.rows)
+
+    def skipped(self, seq: int) -> None:
+        self.txn_seq = seq
+
+    def commit_seen(self, position: Position, timestamp: int) -> None:
+        """The source transaction committed: its end is the new boundary."""
+        del timestamp
+        self.in_txn = False
+        self.resume_skip = 0
+        self.position = position
+        self.stats.transactions += 1
+
+    def boundary(self, position: Position) -> None:
+        if not self.in_txn:
+            self.position = position
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.images) or self.target_open or self.position != self.committed
+
+    # --- writing ----------------------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if not self.target_open:
+            self.state.check_fence(self.conn)
+            self.target_open = True
+
+    def flush(self) -> None:
+        """Write the net images so far into the open target transaction."""
+        if not self.images:
+            return
+        self._open()
+        for tid, images in self.images.items():
+            if images:
+                self._write_images(self.plans[tid], images)
+        self.images = {}
+
+    def _write_images(self, plan: _TablePlan, images: dict[tuple[object, ...], Row | None]) -> None:
+        keys = list(images)
+        for i in range(0, len(keys), MAX_KEYS_PER_DELETE):
+            part = [plan.key_literal(k) for k in keys[i : i + MAX_KEYS_PER_DELETE]]
+            self._execute(f"DELETE FROM {plan.target} WHERE {in_list(plan.table.key, part)}", plan)
+        rows = (plan.row_literal(r) for r in images.values() if r is not DELETED)
+        self._insert(plan, rows)
+
+    def _insert(self, plan: _TablePlan, literals: Iterable[str]) -> None:
+        head = f"INSERT INTO {plan.target} ({plan.write_cols}) VALUES "
+        parts: list[str] = []
+        size = len(head)
+        for lit in literals:
+            if parts and size + len(lit) > MAX_STATEMENT_BYTES:
+                self._execute(head + ",".join(parts), plan)
+                parts, size = [], len(head)
+            parts.append(lit)
+            size += len(lit) + 1
+        if parts:
+            self._execute(head + ",".join(parts), plan)
+
+    def _execute(self, sql: str, plan: _TablePlan) -> int:
+        try:
+            return execute_raw(self.conn, sql)
+        except pymysql.err.IntegrityError as exc:
+            if exc.args and exc.args[0] == ER_DUP_ENTRY:
+                raise DriftError(
+                    f"unique-key collision writing {plan.table} at source position {self.position}: {exc.args[1]}."
+                    " The target holds a row the source does not explain (drift); run `austasync verify` and"
+                    " repair or re-copy the table"
+                ) from None
+            raise
+
+    def commit(self, phase: str | None = None) -> Position:
+        """Flush and commit the batch with the new checkpoint in the same target transaction."""
+        if phase is not None:
+            self.phase = phase
+        if not self.pending:
+            return self.committed
+        self.flush()
+        self._open()
+        if self.in_txn:
+            # a big source transaction split across target transactions: resume skips what is applied
+            position, skip = self.txn_start, self.txn_seq
+        else:
+            position, skip = self.position, 0
+        self.state.save_position(self.conn, position, skip, self.phase)
+        query(self.conn, "COMMIT")
+        self.target_open = False
+        self.committed = position if not self.in_txn else self.committed
+        self.skip_events = skip
+        if self.in_txn:
+            # later commits of this transaction must not re-skip; what is flushed stays applied
+            self.resume_skip = 0
+        self.stats = BatchStats()
+        return position
+
+    def rollback(self) -> None:
+        try:
+            query(self.conn, "ROLLBACK")
+        finally:
+            self.target_open = False
+            self.images = {}
+
+    # --- bulk copy chunks (rule 7) ----------------------------------------------------------------------------
+
+    def write_chunk(
+        self,
+        table: Table,
+        cursor: CopyCursor,
+        rows: Sequence[Sequence[bytes | None]],
+        last_key: tuple[bytes, ...] | None,
+        is_last: bool,
+    ) -> CopyCursor:
+        """Replace the key range (cursor, last_key] (open-ended for the last chunk) by the rows read at P.
+
+        The applier stands at exactly P, so the range becomes equal to the source at the stream's position.
+        """
+        plan = self.plans[table.id]
+        write_cols = [table.columns[i] for i in plan.write_idx]
+        key_cols = table.key_columns
+        self.flush()
+        self._open()
+        conds = []
+        if cursor.cursor is not None:
+            lits = [raw_literal(v, c.kind, c.charset) for v, c in zip(cursor.cursor, key_cols, strict=True)]
+            conds.append(after_key(table.key, lits))
+        if not is_last and last_key is not None:
+            lits = [raw_literal(v, c.kind, c.charset) for v, c in zip(last_key, key_cols, strict=True)]
+            conds.append(at_most_key(table.key, lits))
+        where = " AND ".join(conds) if conds else "1=1"
+        self._execute(f"DELETE FROM {plan.target} WHERE {where}", plan)
+        literals = (
+            "(" + ",".join(raw_literal(v, c.kind, c.charset) for v, c in zip(row, write_cols, strict=True)) + ")"
+            for row in rows
+        )
+        self._insert(plan, literals)
+        new = CopyCursor(
+            db=cursor.db,
+            table=cursor.table,
+            cursor=last_key if last_key is not None else cursor.cursor,
+            done=is_last,
+            rows_copied=cursor.rows_copied + len(rows),
+            rows_estimated=cursor.rows_estimated,
+        )
+        self.state.save_cursor(self.conn, new)
+        return new
+
+    # --- foreign-key cascades (rule 5) ------------------------------------------------------------------------
+
+    def _needs_cascade(self, plan: _TablePlan, event: Rows) -> bool:
+        if event.kind == "delete":
+            return bool(plan.on_delete)
+        if event.kind == "update" and plan.on_update:
+            return any(
+                before is not None and after is not None and _referenced_changed(plan, fk, before, after)
+                for fk in plan.on_update
+                for before, after in event.rows
+            )
+        return False
+
+    def _cascade(self, plan: _TablePlan, kind: str, before: Row | None, after: Row | None) -> None:
+        if kind == "delete" and before is not None:
+            self._parent_deleted(plan, before)
+        elif kind == "update" and before is not None and after is not None:
+            self._parent_updated(plan, before, after)
+
+    def _parent_deleted(self, plan: _TablePlan, row: Sequence[object]) -> None:
+        for fk in plan.on_delete:
+            values = _values(plan, fk.parent_columns, row)
+            if any(v is None for v in values):
+                continue  # a NULL references nothing
+            child = self.plans[fk.child]
+            where = self._match(child, fk.child_columns, values)
+            if fk.on_delete == "CASCADE":
+                if child.on_delete:
+                    for grandchild_row in self._select(child, where):
+                        self._parent_deleted(child, grandchild_row)
+                self._execute(f"DELETE FROM {child.target} WHERE {where}", child)
+            else:
+                self._set_children(child, fk, where, None)
+
+    def _parent_updated(self, plan: _TablePlan, before: Sequence[object], after: Sequence[object]) -> None:
+        for fk in plan.on_update:
+            if not _referenced_changed(plan, fk, before, after):
+                continue
+            old = _values(plan, fk.parent_columns, before)
+            if any(v is None for v in old):
+                continue
+            child = self.plans[fk.child]
+            where = self._match(child, fk.child_columns, old)
+            new = _values(plan, fk.parent_columns, after) if fk.on_update == "CASCADE" else None
+            self._set_children(child, fk, where, new)
+
+    def _set_children(self, child: _TablePlan, fk: ForeignKey, where: str, new: Sequence[object] | None) -> None:
+        """Set the child's FK columns to ``new`` (None: SET NULL), cascading further where they are referenced."""
+        names = [c.name for c in child.table.columns]
+        if child.on_update and any(set(fk.child_columns) & set(f.parent_columns) for f in child.on_update):
+            for row in self._select(child, where):
+                changed = list(row)
+                for i, col in enumerate(fk.child_columns):
+                    changed[names.index(col)] = None if new is None else new[i]
+                self._parent_updated(child, row, changed)
+        sets = []
+        for i, col in enumerate(fk.child_columns):
+            idx = names.index(col)
+            lit = "NULL" if new is None else value_literal(new[i], child.kinds[idx][0], child.kinds[idx][1])
+            sets.append(f"{quote_ident(col)} = {lit}")
+        # InnoDB's own cascade leaves ON UPDATE CURRENT_TIMESTAMP columns alone; assigning them keeps them
+        sets += [f"{quote_ident(c.name)} = {quote_ident(c.name)}" for c in child.table.columns if c.on_update_timestamp]
+        self._execute(f"UPDATE {child.target} SET {', '.join(sets)} WHERE {where}", child)
+
+    def _match(self, plan: _TablePlan, columns: Sequence[str], values: Sequence[object]) -> str:
+        names = [c.name for c in plan.table.columns]
+        terms = []
+        for col, value in zip(columns, values, strict=True):
+            kind, charset = plan.kinds[names.index(col)]
+            terms.append(f"{quote_ident(col)} = {value_literal(value, kind, charset)}")
+        return " AND ".join(terms)
+
+    def _select(self, plan: _TablePlan, where: str) -> list[tuple[object, ...]]:
+        cols = ",".join(quote_ident(c.name) for c in plan.table.columns)
+        with self.conn.cursor() as cur:
+            cur.execute(f"SELECT {cols} FROM {plan.target} WHERE {where} FOR UPDATE".encode("latin1"))
+            return list(cur.fetchall())
+
+
+def _values(plan: _TablePlan, columns: Sequence[str], row: Sequence[object]) -> list[object]:
+    names = [c.name for c in plan.table.columns]
+    return [row[names.index(c)] for c in columns]
+
+
+def _referenced_changed(plan: _TablePlan, fk: ForeignKey, before: Sequence[object], after: Sequence[object]) -> bool:
+    """A change of bytes counts, even where the collation says equal ('abc' -> 'ABC' cascades)."""
+    return any(_bytes_differ(a, b) for a, b in zip(_values(plan, fk.parent_columns, before),
+                                                 _values(plan, fk.parent_columns, after), strict=True))
+
+
+def _bytes_differ(a: object, b: object) -> bool:
+    return type(a) is not type(b) or a != b
+
+
+def _row_size(row: Row) -> int:
+    return 8 * len(row) + sum(len(v) for v in row if isinstance(v, str | bytes))

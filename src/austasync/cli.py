@@ -1,0 +1,189 @@
+"""The command line. Exit codes are mapped here and only here (see :mod:`austasync.errors`)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from austasync import __version__
+from austasync import config as configmod
+from austasync import log as logmod
+from austasync.errors import (
+    AustasyncError,
+    BinlogPurgedError,
+    ConfigError,
+    DdlStop,
+    DriftError,
+    FencedError,
+    SetupError,
+    UncarryableValueError,
+    UnavailableError,
+)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_SETUP = 4
+EXIT_DDL_STOP = 10
+EXIT_DRIFT = 11
+EXIT_UNCARRYABLE = 12
+EXIT_FENCED = 13
+EXIT_BINLOG_PURGED = 14
+
+_EXIT_CODES: list[tuple[type[AustasyncError], int]] = [
+    (ConfigError, EXIT_USAGE),
+    (UnavailableError, EXIT_UNAVAILABLE),
+    (SetupError, EXIT_SETUP),
+    (DdlStop, EXIT_DDL_STOP),
+    (DriftError, EXIT_DRIFT),
+    (UncarryableValueError, EXIT_UNCARRYABLE),
+    (FencedError, EXIT_FENCED),
+    (BinlogPurgedError, EXIT_BINLOG_PURGED),
+]
+
+
+def exit_code(exc: AustasyncError) -> int:
+    for cls, code in _EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_FAILURE
+
+
+def _fail(exc: AustasyncError) -> NoReturn:
+    code = exit_code(exc)
+    logmod.get("austasync").error(str(exc), kind=exc.kind, exit_code=code)
+    click.echo(f"austasync: {exc}", err=True)
+    sys.exit(code)
+
+
+def _guard(func: Callable[[], Any]) -> Any:
+    try:
+        return func()
+    except AustasyncError as exc:
+        _fail(exc)
+
+
+def _load(path: str) -> configmod.Config:
+    try:
+        return configmod.load(path)
+    except ConfigError as exc:
+        click.echo(f"austasync: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+config_option = click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="austasync")
+def main() -> None:
+    """austasync: copy a live MySQL database to a new server and keep it exact, with zero downtime."""
+
+
+@main.command()
+@config_option
+def run(config_path: str) -> None:
+    """Copy the selected schemas while streaming the binlog, then keep streaming (a daemon).
+
+    SIGTERM stops at a clean checkpoint and exits 0. Exit codes: 2 configuration, 3 a server unreachable,
+    4 set-up refused, 10 DDL stop, 11 drift, 12 a value or event that cannot be carried exactly, 13 fenced
+    (another daemon took over), 14 the source purged the binlog the checkpoint needs.
+    """
+    from austasync.daemon import Daemon  # noqa: PLC0415 (keeps `austasync --help` fast)
+
+    cfg = _load(config_path)
+    logmod.configure(cfg.log)
+    daemon = Daemon(cfg)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logmod.get("austasync").info("signal received; stopping at a clean checkpoint", signal=signum)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _guard(daemon.run)
+    if daemon.progress is not None:
+        daemon.progress.write("\n")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+def status(config_path: str, as_json: bool) -> None:
+    """Phase, position, lag, copy progress and lease holder, as the daemon last published them to Redis."""
+    from austasync.mirror import Mirror  # noqa: PLC0415
+
+    cfg = _load(config_path)
+
+    def read() -> dict[str, Any]:
+        mirror = Mirror(cfg.redis, cfg.replication.name)
+        mirror.ping()
+        doc = mirror.status() or {}
+        doc["alive"] = mirror.alive()
+        doc["lease"] = mirror.lease_holder()
+        return doc
+
+    doc = _guard(read)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    if not doc.get("phase"):
+        click.echo("no status published yet (daemon never ran, or Redis was emptied and the daemon is down)")
+        sys.exit(EXIT_UNAVAILABLE)
+    click.echo(f"phase      {doc['phase']}   alive: {'yes' if doc['alive'] else 'NO'}")
+    click.echo(f"position   {doc.get('position')}   lag {doc.get('lag_seconds')} s")
+    throttle = doc.get("throttle") or {}
+    click.echo(f"throttle   {'ON: ' + throttle.get('reason', '') if throttle.get('active') else 'off'}")
+    click.echo(f"holder     {(doc.get('lease') or {}).get('holder', '-')}")
+    click.echo("tables")
+    for name, info in sorted((doc.get("tables") or {}).items()):
+        mark = "done" if info["done"] else "copying"
+        click.echo(f"  {name:<50} {info['rows_copied']:>12} / ~{info['rows_estimated']:<12} {mark}")
+
+
+@main.command()
+@config_option
+@click.option("--skip", "action", flag_value="skip", help="You applied the DDL to the target yourself: go past it.")
+@click.option("--exec", "action", flag_value="exec", help="Run the stopped DDL on the target, then go past it.")
+def ddl(config_path: str, action: str | None) -> None:
+    """Resolve a DDL stop: show it, or skip it / execute it on the target, so `austasync run` can go on."""
+    from austasync.maintenance import resolve_ddl  # noqa: PLC0415
+
+    cfg = _load(config_path)
+    logmod.configure(cfg.log)
+    message = _guard(lambda: resolve_ddl(cfg, action))
+    click.echo(message)
+
+
+@main.command()
+@config_option
+@click.option("--yes", is_flag=True, help="Confirm: forget the copy progress and stream position.")
+def reset(config_path: str, yes: bool) -> None:
+    """Forget the migration's progress so the next `run` re-copies every table from a new P0.
+
+    Needed after the source purged the binlog the checkpoint points into. Target rows are replaced chunk by chunk
+    by the re-copy; nothing needs truncating by hand. Stop the daemon first.
+    """
+    from austasync.maintenance import reset_state  # noqa: PLC0415
+
+    cfg = _load(config_path)
+    if not yes:
+        click.echo("austasync: reset forgets the copy progress; add --yes to confirm", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(_guard(lambda: reset_state(cfg)))
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: str) -> None:
+    """Validate the configuration file and print it with secrets masked."""
+    cfg = _load(config_path)
+    click.echo(json.dumps(configmod.describe(cfg), indent=2, default=str))

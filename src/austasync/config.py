@@ -1,0 +1,390 @@
+"""Configuration: a TOML file, ``AUSTASYNC_<SECTION>_<KEY>`` environment overrides, passwords from files.
+
+Everything is validated on load into frozen dataclasses; an error names the key (``source.port``) and what is
+wrong with it. Unknown keys are errors too: a typo must not silently fall back to a default on a production
+migration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from austasync.errors import ConfigError
+
+OnDdl = Literal["stop", "exec", "ignore"]
+_IDENT = re.compile(r"^[A-Za-z0-9_$\-]{1,64}$")
+
+
+class Secret:
+    """A value that never shows itself in ``repr``/``str``, logs or tracebacks. Call :meth:`reveal` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: Secret = field(default_factory=lambda: Secret(""))
+    connect_timeout_seconds: float = 10.0
+
+    def describe(self) -> str:
+        """``user@host:port`` for messages; never the password."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
+    key_prefix: str = "austasync"
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    server_id: int = 4321
+    databases: tuple[str, ...] = ()
+    name: str = "default"
+    include_tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    rename: Mapping[str, str] = field(default_factory=dict)
+    on_ddl: OnDdl = "stop"
+    state_schema: str = "_austasync"
+    heartbeat_seconds: float = 1.0
+    read_timeout_seconds: float = 30.0
+
+    def target_db(self, source_db: str) -> str:
+        return self.rename.get(source_db, source_db)
+
+
+@dataclass(frozen=True)
+class CopyConfig:
+    chunk_rows: int = 5000
+    snapshot_seconds: float = 2.0
+    max_rows_per_second: int = 0
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    batch_max_rows: int = 5000
+    batch_max_bytes: int = 16 * 1024 * 1024
+    batch_max_seconds: float = 0.5
+    queue_max_events: int = 20000
+
+
+@dataclass(frozen=True)
+class ThrottleConfig:
+    max_threads_running: int = 32
+    max_lag_seconds: float = 30.0
+    check_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:9108"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (an empty host means all interfaces)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: DatabaseConfig
+    target: DatabaseConfig
+    redis: RedisConfig
+    replication: ReplicationConfig
+    copy: CopyConfig = field(default_factory=CopyConfig)
+    apply: ApplyConfig = field(default_factory=ApplyConfig)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: Path | None = None
+
+    def table_selected(self, db: str, table: str) -> bool:
+        """Whether ``db.table`` is replicated: its database is listed, included (if a list is given), not excluded."""
+        if db not in self.replication.databases:
+            return False
+        name = f"{db}.{table}"
+        inc = self.replication.include_tables
+        if inc and not any(_glob_match(p, name) for p in inc):
+            return False
+        return not any(_glob_match(p, name) for p in self.replication.exclude_tables)
+
+
+def _glob_match(pattern: str, name: str) -> bool:
+    regex = "^" + re.escape(pattern).replace(r"\*", ".*") + "$"
+    return re.match(regex, name) is not None
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """Reads one TOML table, tracking which keys were used so unknown keys can be reported."""
+
+    def __init__(self, name: str, data: Mapping[str, Any], env: Mapping[str, str]) -> None:
+        self.name = name
+        self.data = dict(data)
+        self.env = env
+        self.used: set[str] = set()
+
+    def _raw(self, key: str) -> tuple[Any, str] | None:
+        self.used.add(key)
+        env_key = f"AUSTASYNC_{self.name.upper()}_{key.upper()}"
+        if env_key in self.env:
+            return self.env[env_key], f"${env_key}"
+        if key in self.data:
+            return self.data[key], f"{self.name}.{key}"
+        return None
+
+    def get(self, key: str, kind: Callable[[Any, str], T], default: T) -> T:
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        value, where = raw
+        return kind(value, where)
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"unknown key {self.name}.{unknown[0]} in the configuration; check its spelling")
+
+
+def _int(value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{where} must be at least {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{where} must be at most {maximum}, got {number}")
+    return number
+
+
+def _float(value: Any, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{where} must not be negative, got {number}")
+    return number
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a non-empty string")
+    return value
+
+
+def _ident(value: Any, where: str) -> str:
+    text = _str(value, where)
+    if not _IDENT.match(text):
+        raise ConfigError(f"{where}: {text!r} is not a plain identifier (letters, digits, _ $ -, at most 64)")
+    return text
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):  # environment overrides are comma-separated
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _choice(*allowed: str) -> Callable[[Any, str], Any]:
+    def check(value: Any, where: str) -> Any:
+        if value not in allowed:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+
+    return check
+
+
+def _password(section: _Section, base_dir: Path | None) -> Secret:
+    """A password given literally, via ``AUSTASYNC_<SECTION>_PASSWORD``, or read from ``password_file``."""
+    literal = section._raw("password")
+    from_file = section._raw("password_file")
+    if literal is not None and from_file is not None:
+        raise ConfigError(f"{section.name}.password and {section.name}.password_file are both set; keep one")
+    if from_file is not None:
+        path = Path(_str(from_file[0], from_file[1]))
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        try:
+            return Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
+        except OSError as exc:
+            raise ConfigError(f"{from_file[1]}: cannot read {path}: {exc.strerror}") from None
+    if literal is not None:
+        if not isinstance(literal[0], str):
+            raise ConfigError(f"{literal[1]} must be a string")
+        return Secret(literal[0])
+    return Secret("")
+
+
+def _database(section: _Section, base_dir: Path | None, default_port: int) -> DatabaseConfig:
+    return DatabaseConfig(
+        host=section.get("host", _str, "127.0.0.1"),
+        port=section.get("port", lambda v, w: _int(v, w, 1, 65535), default_port),
+        user=section.get("user", _str, "root"),
+        password=_password(section, base_dir),
+        connect_timeout_seconds=section.get("connect_timeout_seconds", _float, 10.0),
+    )
+
+
+def _rename(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table of source_db = \"target_db\"")
+    for key, val in value.items():
+        _ident(key, f"{where}.{key}")
+        _ident(val, f"{where}.{key}")
+    return dict(value)
+
+
+def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -> Config:
+    known = {"source", "target", "redis", "replication", "copy", "apply", "throttle", "http", "log"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown section [{key}] in the configuration; known: {', '.join(sorted(known))}")
+    sections = {name: _Section(name, data.get(name, {}), env) for name in known}
+    for name, sec in sections.items():
+        if not isinstance(data.get(name, {}), dict):
+            raise ConfigError(f"[{name}] must be a table")
+        del sec
+    base_dir = path.parent if path else None
+    s = sections
+    rep = s["replication"]
+    replication = ReplicationConfig(
+        server_id=rep.get("server_id", lambda v, w: _int(v, w, 1, 2**32 - 1), 4321),
+        databases=tuple(_ident(d, "replication.databases") for d in rep.get("databases", _str_list, ())),
+        name=rep.get("name", _ident, "default"),
+        include_tables=rep.get("include_tables", _str_list, ()),
+        exclude_tables=rep.get("exclude_tables", _str_list, ()),
+        rename=rep.get("rename", _rename, {}),
+        on_ddl=rep.get("on_ddl", _choice("stop", "exec", "ignore"), "stop"),
+        state_schema=rep.get("state_schema", _ident, "_austasync"),
+        heartbeat_seconds=rep.get("heartbeat_seconds", _float, 1.0),
+        read_timeout_seconds=rep.get("read_timeout_seconds", _float, 30.0),
+    )
+    if not replication.databases:
+        raise ConfigError("replication.databases must list at least one source database")
+    if replication.state_schema in replication.databases or replication.state_schema in replication.rename.values():
+        raise ConfigError("replication.state_schema must not be one of the replicated databases")
+    cp, ap, th = s["copy"], s["apply"], s["throttle"]
+    config = Config(
+        source=_database(s["source"], base_dir, 3306),
+        target=_database(s["target"], base_dir, 3307),
+        redis=RedisConfig(
+            url=Secret(s["redis"].get("url", _str, "redis://127.0.0.1:6379/0")),
+            key_prefix=s["redis"].get("key_prefix", _ident, "austasync"),
+        ),
+        replication=replication,
+        copy=CopyConfig(
+            chunk_rows=cp.get("chunk_rows", lambda v, w: _int(v, w, 1, 1_000_000), 5000),
+            snapshot_seconds=cp.get("snapshot_seconds", _float, 2.0),
+            max_rows_per_second=cp.get("max_rows_per_second", lambda v, w: _int(v, w, 0), 0),
+        ),
+        apply=ApplyConfig(
+            batch_max_rows=ap.get("batch_max_rows", lambda v, w: _int(v, w, 1), 5000),
+            batch_max_bytes=ap.get("batch_max_bytes", lambda v, w: _int(v, w, 1024), 16 * 1024 * 1024),
+            batch_max_seconds=ap.get("batch_max_seconds", _float, 0.5),
+            queue_max_events=ap.get("queue_max_events", lambda v, w: _int(v, w, 100), 20000),
+        ),
+        throttle=ThrottleConfig(
+            max_threads_running=th.get("max_threads_running", lambda v, w: _int(v, w, 0), 32),
+            max_lag_seconds=th.get("max_lag_seconds", _float, 30.0),
+            check_interval_seconds=th.get("check_interval_seconds", _float, 1.0),
+        ),
+        http=HttpConfig(listen=s["http"].get("listen", _listen, "127.0.0.1:9108")),
+        log=LogConfig(
+            level=s["log"].get("level", _choice("debug", "info", "warning", "error"), "info"),
+            format=s["log"].get("format", _choice("auto", "json", "console"), "auto"),
+        ),
+        path=path,
+    )
+    for sec in sections.values():
+        sec.check_unknown()
+    return config
+
+
+def _listen(value: Any, where: str) -> str:
+    text = _str(value, where)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where} must be host:port, got {text!r}")
+    del host
+    return text
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Load and validate a configuration file; ``env`` defaults to ``os.environ``."""
+    file = Path(path)
+    try:
+        with file.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {file} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file} is not valid TOML: {exc}") from None
+    return _build(data, os.environ if env is None else env, file)
+
+
+def from_mapping(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Build a configuration from an already parsed mapping (tests, tools)."""
+    return _build(data, {} if env is None else env, None)
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """A JSON-safe view of the configuration with every secret masked."""
+
+    def view(obj: Any) -> Any:
+        if isinstance(obj, Secret):
+            return "**********" if obj else ""
+        if hasattr(obj, "__dataclass_fields__"):
+            return {f.name: view(getattr(obj, f.name)) for f in fields(obj)}
+        if isinstance(obj, tuple | list):
+            return [view(v) for v in obj]
+        if isinstance(obj, Mapping):
+            return {k: view(v) for k, v in obj.items()}
+        if isinstance(obj, Path):
+            return str(obj)
+        return obj
+
+    return dict(view(config))

@@ -1,0 +1,128 @@
+"""Connections and session set-up for the three kinds of sessions austasync opens.
+
+- source sessions read in ``time_zone='+00:00'``; snapshot sessions also pin REPEATABLE READ and check it,
+  because under READ COMMITTED ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` silently gives no snapshot;
+- target write sessions run with the settings of DESIGN.md rule 4;
+- raw sessions (bulk copy) receive every value as the bytes the server rendered, with no driver conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pymysql
+import pymysql.connections
+import pymysql.cursors
+
+from austasync.config import DatabaseConfig
+from austasync.errors import UnavailableError
+
+Connection = pymysql.connections.Connection  # type: ignore[type-arg]
+
+TARGET_SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION,ALLOW_INVALID_DATES"
+ER_LOCK_DEADLOCK = 1213
+ER_LOCK_WAIT_TIMEOUT = 1205
+ER_DUP_ENTRY = 1062
+ER_ACCESS_DENIED = 1045
+# client-side codes: can't connect, server gone, lost connection
+CONNECTION_LOST = {2003, 2006, 2013, 2055}
+
+
+def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bool = True, **extra: Any) -> Connection:
+    """Open a connection; ``role`` names it in errors ("source", "target"). Never mentions the password."""
+    kwargs: dict[str, Any] = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "user": cfg.user,
+        "password": cfg.password.reveal(),
+        "charset": "utf8mb4",
+        "autocommit": autocommit,
+        "connect_timeout": cfg.connect_timeout_seconds,
+        "binary_prefix": True,
+    }
+    if raw:
+        # no decoders: every value arrives as the server's bytes (None for NULL) and is written back as such
+        kwargs["conv"] = {}
+        kwargs["use_unicode"] = False
+    kwargs.update(extra)
+    try:
+        conn = pymysql.connect(**kwargs)
+    except pymysql.err.OperationalError as exc:
+        raise UnavailableError(f"cannot connect to the {role} ({cfg.describe()}): {_message(exc)}") from None
+    return conn
+
+
+def _message(exc: BaseException) -> str:
+    args = getattr(exc, "args", ())
+    if len(args) >= 2:
+        return f"error {args[0]}: {args[1]}"
+    return str(exc)
+
+
+def query(conn: Connection, sql: str | bytes, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Run one statement and return all its rows (an empty list for statements without a result)."""
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+
+
+def execute_raw(conn: Connection, sql: str) -> int:
+    """Run a statement whose text holds raw bytes as latin1 characters (see :mod:`austasync.sql`)."""
+    with conn.cursor() as cur:
+        return int(cur.execute(sql.encode("latin1")))
+
+
+def setup_source_session(conn: Connection) -> None:
+    query(conn, "SET SESSION time_zone = '+00:00'")
+
+
+def setup_raw_copy_session(conn: Connection) -> None:
+    """A source session whose text results carry each column's bytes unconverted."""
+    query(conn, "SET SESSION time_zone = '+00:00', character_set_results = binary")
+
+
+def setup_target_session(conn: Connection) -> None:
+    """The target write session of DESIGN.md rule 4."""
+    query(
+        conn,
+        "SET SESSION foreign_key_checks = 0, unique_checks = 1, time_zone = '+00:00',"
+        f" sql_mode = '{TARGET_SQL_MODE}', transaction_isolation = 'READ-COMMITTED', autocommit = 0",
+    )
+
+
+def start_snapshot(conn: Connection) -> None:
+    """Open a consistent snapshot in REPEATABLE READ and check the level really is that."""
+    query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    query(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
+    level = query(conn, "SELECT @@session.transaction_isolation")
+    value = level[0][0]
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    if text != "REPEATABLE-READ":
+        query(conn, "ROLLBACK")
+        raise UnavailableError(f"snapshot session runs in {text}, not REPEATABLE-READ; refusing to read")
+
+
+def server_flavor(conn: Connection) -> tuple[str, tuple[int, ...]]:
+    """("mariadb" | "mysql", version tuple)."""
+    version = str(query(conn, "SELECT VERSION()")[0][0])
+    if isinstance(version, bytes):
+        version = version.decode()
+    numbers = tuple(int(p) for p in version.split("-")[0].split(".")[:3] if p.isdigit())
+    return ("mariadb" if "mariadb" in version.lower() else "mysql"), numbers
+
+
+def variable(conn: Connection, name: str) -> str | None:
+    rows = query(conn, "SHOW GLOBAL VARIABLES LIKE %s", (name,))
+    if not rows:
+        return None
+    value = rows[0][1]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def status(conn: Connection, name: str) -> str | None:
+    rows = query(conn, "SHOW GLOBAL STATUS LIKE %s", (name,))
+    if not rows:
+        return None
+    value = rows[0][1]
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,89 @@
+"""What the binlog reader hands to the applier: plain frozen values, independent of the binlog library."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from austasync.position import Position
+
+RowKind = Literal["insert", "update", "delete"]
+Row = tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """A source transaction starts; ``start`` is the boundary just before it."""
+
+    start: Position
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """One rows event of a replicated table, values adapted for exact writing, in ``columns`` order.
+
+    ``seq`` counts rows events (of every table) from 1 within the source transaction, so a resume inside a big
+    transaction can skip exactly the events already applied.
+    """
+
+    db: str
+    table: str
+    kind: RowKind
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Row | None, Row | None], ...]  # (before, after)
+    seq: int
+    position: Position
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRows:
+    """A rows event of a table that is not replicated; it still counts for ``seq``."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The source transaction committed; ``position`` is a transaction boundary (a valid checkpoint)."""
+
+    position: Position
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A statement logged as text: DDL (its own transaction) or statement-format DML (never applied)."""
+
+    query: str
+    schema: str
+    start: Position
+    position: Position
+    timestamp: int
+    in_transaction: bool
+    sql_mode: int | None
+    charset: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Boundary:
+    """A non-transactional event (rotate, format description, GTID list) outside any transaction."""
+
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The source is idle; ``position`` is where its binlog currently ends."""
+
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderFailed:
+    """The reader thread stopped; ``error`` is re-raised by the consumer."""
+
+    error: BaseException
+
+
+Event = Begin | Rows | SkippedRows | Commit | Statement | Boundary | Heartbeat | ReaderFailed

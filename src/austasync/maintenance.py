@@ -1,0 +1,75 @@
+"""Operator commands that change the migration's state in the target: resolve a DDL stop, reset progress.
+
+Both take the Redis lease and fence the target first, so they never race a running daemon.
+"""
+
+from __future__ import annotations
+
+from austasync.config import Config
+from austasync.db import connect, query, setup_target_session
+from austasync.errors import ConfigError, UnavailableError
+from austasync.mirror import Mirror
+from austasync.position import Position
+from austasync.sql import quote_ident
+from austasync.state import TargetState, connection_id, holder_name
+
+
+def _with_fence(config: Config, action: str) -> tuple[Mirror, TargetState, object]:
+    mirror = Mirror(config.redis, config.replication.name)
+    mirror.ping()
+    if not mirror.acquire_lease(holder_name() + f" ({action})", 30.0, wait=False):
+        raise UnavailableError(
+            f"a daemon holds the lease of migration {config.replication.name!r}; stop it before `{action}`"
+        )
+    conn = connect(config.target, "target", autocommit=False)
+    setup_target_session(conn)
+    state = TargetState(config.replication.state_schema, config.replication.name)
+    state.ensure_schema(conn)
+    state.take_over(conn, [connection_id(conn)])
+    return mirror, state, conn
+
+
+def resolve_ddl(config: Config, action: str | None) -> str:
+    """Show the pending DDL stop, or resolve it by skipping or executing the statement on the target."""
+    mirror, state, conn = _with_fence(config, "ddl")
+    try:
+        checkpoint = state.load(conn)  # type: ignore[arg-type]
+        if checkpoint is None or not checkpoint.pending_stop:
+            return "no DDL stop is pending"
+        stop = checkpoint.pending_stop
+        if action is None:
+            return (
+                f"pending DDL at {stop['start']} (schema {stop['schema']}):\n  {stop['statement']}\n"
+                "resolve with --skip (you applied it to the target) or --exec (austasync runs it there)"
+            )
+        if action == "exec":
+            target_db = config.replication.target_db(stop["schema"]) if stop["schema"] else None
+            if config.replication.rename and "." in stop["statement"]:
+                raise ConfigError(
+                    "the statement may name a schema that is renamed on the target; apply it by hand and use --skip"
+                )
+            if target_db:
+                query(conn, f"USE {quote_ident(target_db)}")  # type: ignore[arg-type]
+            query(conn, stop["statement"])  # type: ignore[arg-type]
+        state.check_fence(conn)  # type: ignore[arg-type]
+        state.save_position(conn, Position.parse(stop["end"]), 0, checkpoint.phase)  # type: ignore[arg-type]
+        state.save_stop(conn, None)  # type: ignore[arg-type]
+        query(conn, "COMMIT")  # type: ignore[arg-type]
+        done = "executed on the target and skipped" if action == "exec" else "skipped"
+        return f"DDL {done}; the stream resumes at {stop['end']}. Start `austasync run` again"
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+        mirror.release_lease()
+
+
+def reset_state(config: Config) -> str:
+    mirror, state, conn = _with_fence(config, "reset")
+    try:
+        state.reset(conn)  # type: ignore[arg-type]
+        return (
+            f"migration {config.replication.name!r} reset: the next `austasync run` persists a new P0 and re-copies"
+            " every table"
+        )
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+        mirror.release_lease()

@@ -1,0 +1,116 @@
+"""Redis: the lease that coordinates daemons, and the mirror of the state that operators and tools read.
+
+Redis may run without persistence; losing it costs a re-publish, never data: the target holds the truth and the
+fence in the target (not the lease) is what stops a stale writer (DESIGN.md rules 2 and 11).
+
+Keys, for ``<p>`` = ``<key_prefix>:<migration>``:
+
+- ``<p>:lease``   token of the daemon that holds the migration (PX expiry, renewed by the apply loop)
+- ``<p>:alive``   present while the daemon's loop turns (short TTL)
+- ``<p>:status``  JSON: phase, position, lag, copy progress per table, throttle, holder, updated_at
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from austasync.config import RedisConfig
+from austasync.errors import UnavailableError
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class Mirror:
+    """Lease and status keys of one migration."""
+
+    def __init__(self, cfg: RedisConfig, migration: str, client: redis.Redis | None = None) -> None:
+        self.client = client or redis.Redis.from_url(
+            cfg.url.reveal(), socket_timeout=5, socket_connect_timeout=5, decode_responses=True
+        )
+        self.prefix = f"{cfg.key_prefix}:{migration}"
+        self.token = f"{uuid.uuid4()}"
+        self._last_error_logged = 0.0
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            raise UnavailableError(f"Redis is unreachable: {type(exc).__name__}: {_safe(exc)}") from None
+
+    def acquire_lease(
+        self, holder: str, ttl_seconds: float, *, wait: bool, on_wait: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Take the lease; with ``wait`` keep trying until it is free (a second daemon waits, never writes)."""
+        value = json.dumps({"token": self.token, "holder": holder})
+        while True:
+            try:
+                if self.client.set(self.key("lease"), value, nx=True, px=int(ttl_seconds * 1000)):
+                    self.token_value = value
+                    return True
+                current = self.client.get(self.key("lease"))
+            except redis.RedisError as exc:
+                raise UnavailableError(f"Redis is unreachable: {type(exc).__name__}: {_safe(exc)}") from None
+            if not wait or should_stop():
+                return False
+            if on_wait is not None:
+                on_wait(str(current))
+            time.sleep(min(1.0, ttl_seconds / 4))
+
+    def renew_lease(self, ttl_seconds: float) -> bool:
+        """Extend our lease; False if it is no longer ours (expired and taken, or Redis restarted empty)."""
+        result = self.client.eval(_RENEW, 1, self.key("lease"), self.token_value, int(ttl_seconds * 1000))
+        if result:
+            return True
+        # Redis restarted empty or the key expired while nobody took it: take it back if free
+        return bool(self.client.set(self.key("lease"), self.token_value, nx=True, px=int(ttl_seconds * 1000)))
+
+    def release_lease(self) -> None:
+        token = getattr(self, "token_value", None)
+        if token is not None:
+            self.client.eval(_RELEASE, 1, self.key("lease"), token)
+
+    def lease_holder(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.key("lease"))
+        return json.loads(str(raw)) if raw else None
+
+    def publish(self, status: dict[str, Any], alive_ttl_seconds: float) -> None:
+        pipe = self.client.pipeline()
+        pipe.set(self.key("status"), json.dumps(status, default=str))
+        pipe.set(self.key("alive"), str(time.time()), px=int(alive_ttl_seconds * 1000))
+        pipe.execute()
+
+    def status(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.key("status"))
+        return json.loads(str(raw)) if raw else None
+
+    def alive(self) -> bool:
+        return bool(self.client.exists(self.key("alive")))
+
+
+def _safe(exc: BaseException) -> str:
+    """An error text without credentials (redis-py may echo the URL)."""
+    text = str(exc)
+    if "@" in text:
+        return text.split("@", 1)[-1]
+    return text

@@ -1,0 +1,379 @@
+"""Table metadata (columns, keys, foreign keys) read from ``information_schema``, and the target schema set-up.
+
+A table is replicated only if it is InnoDB with a primary key or a NOT NULL unique key (DESIGN.md rule 10); the
+key's columns are what chunks are ordered by and what net images are keyed by.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from austasync.config import Config
+from austasync.db import Connection, query
+from austasync.errors import SetupError
+from austasync.sql import Kind, qualified, quote_ident
+
+TableId = tuple[str, str]  # (database, table) on the source
+
+_INT_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
+_TEMPORAL = {"date", "datetime", "timestamp", "time", "year"}
+_BINARY = {
+    "binary",
+    "varbinary",
+    "tinyblob",
+    "blob",
+    "mediumblob",
+    "longblob",
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
+    "geometrycollection",
+    "geomcollection",
+}
+
+
+def column_kind(data_type: str, charset: str | None) -> Kind:
+    """The literal kind for an ``information_schema.COLUMNS.DATA_TYPE``."""
+    dtype = data_type.lower()
+    if dtype in _INT_TYPES:
+        return Kind.INT
+    if dtype == "decimal":
+        return Kind.DECIMAL
+    if dtype == "float":
+        return Kind.FLOAT
+    if dtype in ("double", "real"):
+        return Kind.DOUBLE
+    if dtype == "bit":
+        return Kind.BIT
+    if dtype in _TEMPORAL:
+        return Kind.TEMPORAL
+    if dtype in _BINARY:
+        return Kind.BINARY
+    if dtype in ("char", "varchar") and charset == "binary":
+        return Kind.BINARY
+    return Kind.TEXT
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    data_type: str
+    column_type: str
+    kind: Kind
+    charset: str
+    nullable: bool
+    generated: bool
+    on_update_timestamp: bool
+
+    @property
+    def binary_length(self) -> int | None:
+        """n for BINARY(n): the binlog drops its trailing zero bytes, so images are padded back to n."""
+        if self.data_type.lower() != "binary":
+            return None
+        match = re.match(r"binary\((\d+)\)", self.column_type.lower())
+        return int(match.group(1)) if match else 1
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A foreign key as InnoDB enforces it: what happens to ``child`` rows when ``parent`` rows change."""
+
+    name: str
+    child: TableId
+    child_columns: tuple[str, ...]
+    parent: TableId
+    parent_columns: tuple[str, ...]
+    on_delete: str  # CASCADE, SET NULL, RESTRICT, NO ACTION, SET DEFAULT
+    on_update: str
+
+    @property
+    def acts(self) -> bool:
+        return self.on_delete in ("CASCADE", "SET NULL") or self.on_update in ("CASCADE", "SET NULL")
+
+
+@dataclass(frozen=True)
+class Table:
+    db: str
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    unique_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    engine: str = "InnoDB"
+    rows_estimate: int = 0
+
+    @property
+    def id(self) -> TableId:
+        return (self.db, self.name)
+
+    @property
+    def writable(self) -> tuple[Column, ...]:
+        """Columns the target accepts values for: generated columns are computed there, never written."""
+        return tuple(c for c in self.columns if not c.generated)
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+    @property
+    def key_columns(self) -> tuple[Column, ...]:
+        return tuple(self.column(k) for k in self.key)
+
+    def __str__(self) -> str:
+        return f"{self.db}.{self.name}"
+
+
+def _selected_tables(conn: Connection, config: Config) -> list[tuple[str, str, str, int]]:
+    dbs = config.replication.databases
+    marks = ",".join(["%s"] * len(dbs))
+    rows = query(
+        conn,
+        f"SELECT TABLE_SCHEMA, TABLE_NAME, COALESCE(ENGINE, ''), COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES"
+        f" WHERE TABLE_SCHEMA IN ({marks}) AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        dbs,
+    )
+    return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows if config.table_selected(str(r[0]), str(r[1]))]
+
+
+def _columns(conn: Connection, db: str) -> dict[str, list[Column]]:
+    rows = query(
+        conn,
+        "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COALESCE(CHARACTER_SET_NAME, ''), IS_NULLABLE,"
+        " EXTRA FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s ORDER BY TABLE_NAME, ORDINAL_POSITION",
+        (db,),
+    )
+    out: dict[str, list[Column]] = {}
+    for table, name, dtype, ctype, charset, nullable, extra in rows:
+        extra_l = str(extra).lower()
+        cs = str(charset) or ("utf8mb4" if str(dtype).lower() == "json" else "binary")
+        out.setdefault(str(table), []).append(
+            Column(
+                name=str(name),
+                data_type=str(dtype).lower(),
+                column_type=str(ctype),
+                kind=column_kind(str(dtype), cs),
+                charset=cs,
+                nullable=nullable == "YES",
+                # MySQL 8 marks DEFAULT (expr) columns "DEFAULT_GENERATED": those are ordinary, written columns
+                generated="virtual" in extra_l or "stored generated" in extra_l or "persistent" in extra_l,
+                on_update_timestamp="on update" in extra_l,
+            )
+        )
+    return out
+
+
+def _unique_keys(conn: Connection, db: str) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    rows = query(
+        conn,
+        "SELECT TABLE_NAME, INDEX_NAME, COLUMN_NAME, NULLABLE FROM information_schema.STATISTICS"
+        " WHERE TABLE_SCHEMA = %s AND NON_UNIQUE = 0 ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX",
+        (db,),
+    )
+    out: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for table, index, column, nullable in rows:
+        out.setdefault(str(table), {}).setdefault(str(index), []).append((str(column), str(nullable)))
+    return out
+
+
+def load_foreign_keys(conn: Connection, dbs: Iterable[str]) -> list[ForeignKey]:
+    """Every foreign key whose child table lives in one of ``dbs``."""
+    dbs = list(dbs)
+    marks = ",".join(["%s"] * len(dbs))
+    rows = query(
+        conn,
+        "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, rc.DELETE_RULE,"
+        " k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME"
+        " FROM information_schema.REFERENTIAL_CONSTRAINTS rc"
+        " JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA"
+        "  AND k.TABLE_NAME = rc.TABLE_NAME AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME"
+        f" WHERE rc.CONSTRAINT_SCHEMA IN ({marks})"
+        " ORDER BY rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+        dbs,
+    )
+    grouped: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for db, table, name, upd, dele, col, pdb, ptable, pcol in rows:
+        entry = grouped.setdefault(
+            (str(db), str(table), str(name)),
+            {"upd": str(upd), "del": str(dele), "cols": [], "parent": (str(pdb), str(ptable)), "pcols": []},
+        )
+        entry["cols"].append(str(col))
+        entry["pcols"].append(str(pcol))
+    return [
+        ForeignKey(
+            name=name,
+            child=(db, table),
+            child_columns=tuple(e["cols"]),
+            parent=e["parent"],
+            parent_columns=tuple(e["pcols"]),
+            on_delete=e["del"],
+            on_update=e["upd"],
+        )
+        for (db, table, name), e in grouped.items()
+    ]
+
+
+def _choose_key(table: str, uniques: Mapping[str, list[tuple[str, str]]], nullable: Mapping[str, bool]) -> (
+    tuple[str, ...] | None
+):
+    if "PRIMARY" in uniques:
+        return tuple(c for c, _ in uniques["PRIMARY"])
+    for index in sorted(uniques):
+        cols = uniques[index]
+        if all(not nullable.get(c, True) for c, _ in cols):
+            return tuple(c for c, _ in cols)
+    del table
+    return None
+
+
+def load_tables(conn: Connection, config: Config) -> dict[TableId, Table]:
+    """The replicated tables of the source, validated: InnoDB, a usable key, a replicated parent for every FK.
+
+    Raises :class:`SetupError` listing every offending table, so the operator can fix or exclude them at once.
+    """
+    selected = _selected_tables(conn, config)
+    tables: dict[TableId, Table] = {}
+    problems: list[str] = []
+    by_db: dict[str, list[tuple[str, str, int]]] = {}
+    for db, name, engine, estimate in selected:
+        by_db.setdefault(db, []).append((name, engine, estimate))
+    for db, entries in by_db.items():
+        columns = _columns(conn, db)
+        uniques = _unique_keys(conn, db)
+        for name, engine, estimate in entries:
+            cols = columns.get(name, [])
+            if engine.lower() != "innodb":
+                problems.append(f"{db}.{name}: engine {engine or 'unknown'} is not InnoDB")
+                continue
+            nullable = {c.name: c.nullable for c in cols}
+            key = _choose_key(name, uniques.get(name, {}), nullable)
+            if key is None:
+                problems.append(f"{db}.{name}: no primary key and no NOT NULL unique key")
+                continue
+            kinds = {c.name: c for c in cols}
+            for k in key:
+                if kinds[k].data_type in ("enum", "set"):
+                    problems.append(f"{db}.{name}: key column {k} is {kinds[k].data_type.upper()} (sorts by position)")
+            tables[(db, name)] = Table(
+                db=db,
+                name=name,
+                columns=tuple(cols),
+                key=key,
+                unique_keys={i: tuple(c for c, _ in v) for i, v in uniques.get(name, {}).items()},
+                engine=engine,
+                rows_estimate=estimate,
+            )
+    if problems:
+        raise SetupError(
+            "these tables cannot be replicated exactly (DESIGN rule 10); add them to replication.exclude_tables"
+            " or fix them on the source:\n  " + "\n  ".join(problems)
+        )
+    return tables
+
+
+def check_foreign_keys(tables: Mapping[TableId, Table], fks: Sequence[ForeignKey]) -> list[ForeignKey]:
+    """The FKs between replicated tables; refuse a replicated child whose acting parent is not replicated."""
+    kept: list[ForeignKey] = []
+    problems: list[str] = []
+    for fk in fks:
+        if fk.child not in tables:
+            continue
+        if fk.parent not in tables:
+            if fk.acts:
+                problems.append(
+                    f"{fk.child[0]}.{fk.child[1]} (constraint {fk.name}) cascades from {fk.parent[0]}.{fk.parent[1]},"
+                    " which is not replicated: its cascades would be missed"
+                )
+            continue
+        kept.append(fk)
+    if problems:
+        raise SetupError(
+            "replicate the parent tables too, or exclude the children:\n  " + "\n  ".join(problems)
+        )
+    return kept
+
+
+def _shape(conn: Connection, db: str, table: str) -> list[tuple[str, str, str, str]]:
+    rows = query(
+        conn,
+        "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COALESCE(GENERATION_EXPRESSION, '')"
+        " FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+        (db, table),
+    )
+    return [(str(a), str(b).lower(), str(c), str(d)) for a, b, c, d in rows]
+
+
+def ensure_target(source: Connection, target: Connection, config: Config, tables: Mapping[TableId, Table]) -> int:
+    """Create missing target databases and tables from the source's definitions; refuse other shapes.
+
+    Returns the number of tables created. Triggers are not copied (DESIGN.md rule 6) and target tables that
+    have triggers are refused.
+    """
+    created = 0
+    mismatches: list[str] = []
+    for db in sorted({t.db for t in tables.values()}):
+        tdb = config.replication.target_db(db)
+        charset = query(
+            source,
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA"
+            " WHERE SCHEMA_NAME = %s",
+            (db,),
+        )
+        cs, coll = (str(charset[0][0]), str(charset[0][1])) if charset else ("utf8mb4", "utf8mb4_general_ci")
+        query(target, f"CREATE DATABASE IF NOT EXISTS {quote_ident(tdb)} CHARACTER SET {cs} COLLATE {coll}")
+    for table in tables.values():
+        tdb = config.replication.target_db(table.db)
+        existing = _shape(target, tdb, table.name)
+        if not existing:
+            ddl = str(query(source, f"SHOW CREATE TABLE {qualified(table.db, table.name)}")[0][1])
+            query(target, f"USE {quote_ident(tdb)}")
+            query(target, "SET SESSION foreign_key_checks = 0")
+            query(target, ddl)
+            created += 1
+            continue
+        wanted = _shape(source, table.db, table.name)
+        if existing != wanted:
+            mismatches.append(f"{tdb}.{table.name}: {_describe_diff(wanted, existing)}")
+    if mismatches:
+        raise SetupError(
+            "existing target tables have another shape than the source; drop them or alter them to match:\n  "
+            + "\n  ".join(mismatches)
+        )
+    triggers = _target_triggers(target, config, tables)
+    if triggers:
+        raise SetupError(
+            "target tables have triggers, which would fire a second time on replicated rows (DESIGN rule 6);"
+            " drop them until cutover: " + ", ".join(triggers)
+        )
+    return created
+
+
+def _describe_diff(wanted: list[tuple[str, str, str, str]], existing: list[tuple[str, str, str, str]]) -> str:
+    want = {c[0]: c for c in wanted}
+    have = {c[0]: c for c in existing}
+    parts = []
+    missing = [n for n in want if n not in have]
+    extra = [n for n in have if n not in want]
+    if missing:
+        parts.append("missing columns " + ", ".join(missing))
+    if extra:
+        parts.append("extra columns " + ", ".join(extra))
+    for name in want:
+        if name in have and want[name] != have[name]:
+            parts.append(f"column {name} is {have[name][1]} {have[name][2]}, source has {want[name][1]} {want[name][2]}")
+    if not parts:
+        parts.append("column order differs: " + ", ".join(c[0] for c in existing))
+    return "; ".join(parts)
+
+
+def _target_triggers(target: Connection, config: Config, tables: Mapping[TableId, Table]) -> list[str]:
+    wanted = {(config.replication.target_db(t.db), t.name) for t in tables.values()}
+    rows = query(target, "SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME FROM information_schema.TRIGGERS")
+    return [f"{r[2]} on {r[0]}.{r[1]}" for r in rows if (str(r[0]), str(r[1])) in wanted]

@@ -1,0 +1,159 @@
+"""SQL text: quoted identifiers and exact value literals.
+
+austasync builds its own statements instead of letting the driver escape parameters, because the driver cannot
+carry every MySQL type exactly (BIT strings, Python sets, negative TIME, binary strings in text columns). Each
+column has a :class:`Kind` that says how its literal is written; values come either as the raw bytes the server
+sent over the text protocol (bulk copy, ``character_set_results=binary``) or as Python values decoded from the
+binlog (stream), and both end as the same literal forms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+from collections.abc import Iterable, Sequence
+
+from austasync.errors import UncarryableValueError
+
+_ESCAPE_TABLE = {0: "\\0", 10: "\\n", 13: "\\r", 26: "\\Z", 39: "\\'", 92: "\\\\"}
+
+
+class Kind(enum.Enum):
+    """How a column's values are written as SQL literals."""
+
+    INT = "int"  # integers of every width: bare digits
+    DECIMAL = "decimal"  # exact decimal text: bare
+    FLOAT = "float"  # read as col+0E0 (a DOUBLE holding the float32 exactly), written as that double
+    DOUBLE = "double"  # shortest round-trip text: bare
+    BIT = "bit"  # read as col+0 (an unsigned integer), written as that integer
+    TEMPORAL = "temporal"  # DATE, DATETIME, TIMESTAMP, TIME, YEAR: quoted text
+    TEXT = "text"  # character strings, ENUM, SET, JSON: quoted with the column's charset introducer
+    BINARY = "binary"  # BINARY, VARBINARY, BLOB, GEOMETRY: _binary'...'
+
+
+def quote_ident(name: str) -> str:
+    """A MySQL identifier in backquotes, with embedded backquotes doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def qualified(db: str, table: str) -> str:
+    return f"{quote_ident(db)}.{quote_ident(table)}"
+
+
+def escape_bytes(raw: bytes) -> str:
+    """The inside of a quoted literal for these bytes; latin1 keeps every byte as one character."""
+    return raw.decode("latin1").translate(_ESCAPE_TABLE)
+
+
+def _quoted(raw: bytes, introducer: str) -> str:
+    return f"{introducer}'{escape_bytes(raw)}'"
+
+
+def raw_literal(raw: bytes | None, kind: Kind, charset: str) -> str:
+    """Literal for a value as the server rendered it on the text protocol (bulk copy path).
+
+    The returned ``str`` holds the literal's bytes as latin1 characters; statements are encoded back with
+    latin1 before they are sent, so arbitrary bytes pass through unchanged.
+    """
+    if raw is None:
+        return "NULL"
+    if kind in (Kind.INT, Kind.DECIMAL, Kind.FLOAT, Kind.DOUBLE, Kind.BIT):
+        return raw.decode("ascii")
+    if kind is Kind.BINARY:
+        return _quoted(raw, "_binary")
+    if kind is Kind.TEXT:
+        return _quoted(raw, "_" + charset)
+    return _quoted(raw, "")
+
+
+def select_expr(column: str, kind: Kind) -> str:
+    """The SELECT expression that renders a column exactly over the text protocol."""
+    ident = quote_ident(column)
+    if kind is Kind.FLOAT:
+        # FLOAT renders with ~6 significant digits; as a DOUBLE it is exact (DESIGN.md, FLOAT is lossy)
+        return f"{ident}+0E0"
+    if kind is Kind.BIT:
+        return f"{ident}+0"
+    return ident
+
+
+def _time_literal(value: dt.timedelta) -> str:
+    micros = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
+    seconds, frac = divmod(micros, 1_000_000)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"'{sign}{hours:02d}:{minutes:02d}:{secs:02d}.{frac:06d}'"
+
+
+def value_literal(value: object, kind: Kind, charset: str) -> str:
+    """Literal for a Python value decoded from the binlog (stream path), already adapted by the binlog adapter.
+
+    Accepted: None, int, Decimal, float, str, bytes, date, datetime, timedelta, and ``str`` for zero dates.
+    Anything else is refused: never guess.
+    """
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, float):
+        # repr round-trips a double exactly; for a FLOAT column the double holds the float32 exactly
+        text = repr(value)
+        if text in ("inf", "-inf", "nan"):
+            raise UncarryableValueError(f"non-finite float {text} has no MySQL literal")
+        # an exponent makes the server parse a DOUBLE (correctly rounded), not a DECIMAL
+        return text if "e" in text else text + "e0"
+    if isinstance(value, bytes):
+        if kind is Kind.TEXT:
+            return _quoted(value, "_" + charset)
+        return _quoted(value, "_binary")
+    if isinstance(value, str):
+        if kind is Kind.BINARY:
+            raise UncarryableValueError(f"text value for binary column ({kind.value})")
+        return _quoted(value.encode("utf-8"), "_utf8mb4")
+    if isinstance(value, dt.datetime):
+        return f"'{value:%Y-%m-%d %H:%M:%S}.{value.microsecond:06d}'"
+    if isinstance(value, dt.date):
+        return f"'{value:%Y-%m-%d}'"
+    if isinstance(value, dt.timedelta):
+        return _time_literal(value)
+    raise UncarryableValueError(f"no exact literal for a {type(value).__name__} value")
+
+
+def in_list(columns: Sequence[str], keys: Iterable[Sequence[str]]) -> str:
+    """``col IN (...)`` or ``(a,b) IN ((..),(..))`` for already rendered key literals."""
+    if len(columns) == 1:
+        return f"{quote_ident(columns[0])} IN ({','.join(k[0] for k in keys)})"
+    cols = ",".join(quote_ident(c) for c in columns)
+    return f"({cols}) IN ({','.join('(' + ','.join(k) + ')' for k in keys)})"
+
+
+def _expanded(columns: Sequence[str], literals: Sequence[str], op: str, or_equal: bool) -> str:
+    terms = []
+    for i in range(len(columns)):
+        eqs = [f"{quote_ident(columns[j])} = {literals[j]}" for j in range(i)]
+        eqs.append(f"{quote_ident(columns[i])} {op} {literals[i]}")
+        terms.append("(" + " AND ".join(eqs) + ")")
+    if or_equal:
+        terms.append("(" + " AND ".join(f"{quote_ident(c)} = {v}" for c, v in zip(columns, literals, strict=True)) + ")")
+    return "(" + " OR ".join(terms) + ")"
+
+
+def after_key(columns: Sequence[str], literals: Sequence[str]) -> str:
+    """Predicate for keys strictly greater than the given key, written so the optimizer range-scans.
+
+    ``a > x OR (a = x AND b > y) ...``: a row-value comparison ``(a,b) > (x,y)`` made MariaDB scan and lock far
+    more rows than the chunk (DESIGN.md rule 7).
+    """
+    return _expanded(columns, literals, ">", or_equal=False)
+
+
+def at_most_key(columns: Sequence[str], literals: Sequence[str]) -> str:
+    """Predicate for keys less than or equal to the given key (the upper bound of a chunk)."""
+    return _expanded(columns, literals, "<", or_equal=True)

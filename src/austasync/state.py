@@ -1,0 +1,262 @@
+"""The truth about what was applied, kept in the target (DESIGN.md rules 2 and 11).
+
+Tables in the state schema (default ``_austasync``), one row per migration name:
+
+- ``fence``: the writer generation. Every austasync write transaction first reads it with a *shared* lock and
+  checks it is still its own and that the target is not promoted; a new daemon kills the previous holder's
+  recorded connections and bumps the generation under an exclusive lock. A frozen old daemon that wakes up
+  cannot write a row.
+- ``state``: stream position (a transaction boundary, plus the count of rows events already applied of the next
+  transaction when a big one was split), P0, phase, pending stop, last verification.
+- ``copy_cursor``: per table, the last key copied, committed inside the chunk's own transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from austasync.db import Connection, query
+from austasync.errors import FencedError, UnavailableError
+from austasync.position import Position
+from austasync.sql import quote_ident
+
+_DDL = (
+    """CREATE TABLE IF NOT EXISTS {s}.fence (
+        migration VARCHAR(64) NOT NULL PRIMARY KEY,
+        generation BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        promoted TINYINT NOT NULL DEFAULT 0,
+        holder VARCHAR(255) NOT NULL DEFAULT '',
+        connections VARCHAR(2048) NOT NULL DEFAULT '',
+        updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+    ) ENGINE=InnoDB""",
+    """CREATE TABLE IF NOT EXISTS {s}.state (
+        migration VARCHAR(64) NOT NULL PRIMARY KEY,
+        p0_file VARCHAR(255) NOT NULL,
+        p0_pos BIGINT UNSIGNED NOT NULL,
+        file VARCHAR(255) NOT NULL,
+        pos BIGINT UNSIGNED NOT NULL,
+        skip_events BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        phase VARCHAR(32) NOT NULL DEFAULT 'copying',
+        pending_stop TEXT NULL,
+        last_verify TEXT NULL,
+        updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+    ) ENGINE=InnoDB""",
+    """CREATE TABLE IF NOT EXISTS {s}.copy_cursor (
+        migration VARCHAR(64) NOT NULL,
+        db VARCHAR(64) NOT NULL,
+        tbl VARCHAR(64) NOT NULL,
+        cursor_hex TEXT NULL,
+        done TINYINT NOT NULL DEFAULT 0,
+        rows_copied BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        rows_estimated BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        PRIMARY KEY (migration, db, tbl)
+    ) ENGINE=InnoDB""",
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    position: Position
+    skip_events: int
+    p0: Position
+    phase: str
+    pending_stop: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class CopyCursor:
+    db: str
+    table: str
+    cursor: tuple[bytes, ...] | None
+    done: bool
+    rows_copied: int
+    rows_estimated: int
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TargetState:
+    """Reads and writes the state rows of one migration, always inside the caller's target transaction."""
+
+    def __init__(self, schema: str, migration: str) -> None:
+        self.schema = quote_ident(schema)
+        self.schema_name = schema
+        self.migration = migration
+        self.generation: int | None = None
+
+    def ensure_schema(self, conn: Connection) -> None:
+        query(conn, f"CREATE DATABASE IF NOT EXISTS {self.schema}")
+        for ddl in _DDL:
+            query(conn, ddl.format(s=self.schema))
+        query(conn, f"INSERT IGNORE INTO {self.schema}.fence (migration) VALUES (%s)", (self.migration,))
+        query(conn, "COMMIT")
+
+    # --- fencing (rule 11) ---------------------------------------------------------------------------------
+
+    def take_over(self, conn: Connection, my_connections: list[int]) -> int:
+        """Become the writer: kill the previous holder's sessions, bump the generation, record ours."""
+        rows = query(
+            conn, f"SELECT connections, promoted FROM {self.schema}.fence WHERE migration = %s", (self.migration,)
+        )
+        query(conn, "COMMIT")
+        if rows and int(rows[0][1]):
+            raise FencedError(
+                f"the target is promoted for migration {self.migration!r}: austasync no longer writes to it"
+            )
+        previous = [int(c) for c in str(rows[0][0]).split(",") if c] if rows else []
+        for conn_id in previous:
+            if conn_id in my_connections:
+                continue
+            try:
+                query(conn, f"KILL {conn_id}")
+            except Exception:  # noqa: S112 (the old session is usually gone already: unknown thread id)
+                continue
+        query(conn, "SET SESSION innodb_lock_wait_timeout = 30")
+        query(
+            conn,
+            f"UPDATE {self.schema}.fence SET generation = generation + 1, holder = %s, connections = %s,"
+            " updated_at = CURRENT_TIMESTAMP(6) WHERE migration = %s",
+            (holder_name(), ",".join(str(c) for c in my_connections), self.migration),
+        )
+        gen = int(
+            query(conn, f"SELECT generation FROM {self.schema}.fence WHERE migration = %s", (self.migration,))[0][0]
+        )
+        query(conn, "COMMIT")
+        self.generation = gen
+        return gen
+
+    def check_fence(self, conn: Connection) -> None:
+        """First statement of every write transaction: a shared lock on the fence row, then the check."""
+        rows = query(
+            conn,
+            f"SELECT generation, promoted FROM {self.schema}.fence WHERE migration = %s LOCK IN SHARE MODE",
+            (self.migration,),
+        )
+        if not rows:
+            raise FencedError(f"fence row for migration {self.migration!r} is missing from the target")
+        generation, promoted = int(rows[0][0]), int(rows[0][1])
+        if promoted:
+            raise FencedError(f"the target was promoted (migration {self.migration!r}); refusing to write")
+        if generation != self.generation:
+            raise FencedError(
+                f"another austasync took over migration {self.migration!r} (generation {generation}, ours"
+                f" {self.generation}); this process stops without writing"
+            )
+
+    # --- checkpoint (rules 1 and 2) ---------------------------------------------------------------------------
+
+    def load(self, conn: Connection) -> Checkpoint | None:
+        rows = query(
+            conn,
+            f"SELECT file, pos, skip_events, p0_file, p0_pos, phase, pending_stop FROM {self.schema}.state"
+            " WHERE migration = %s",
+            (self.migration,),
+        )
+        query(conn, "COMMIT")
+        if not rows:
+            return None
+        file, pos, skip, p0f, p0p, phase, pending = rows[0]
+        return Checkpoint(
+            position=Position(str(file), int(pos)),
+            skip_events=int(skip),
+            p0=Position(str(p0f), int(p0p)),
+            phase=str(phase),
+            pending_stop=json.loads(pending) if pending else None,
+        )
+
+    def init(self, conn: Connection, p0: Position, tables: list[tuple[str, str, int]]) -> None:
+        """Persist P0 and an empty copy cursor per table, in one transaction, before anything is copied."""
+        self.check_fence(conn)
+        query(
+            conn,
+            f"INSERT INTO {self.schema}.state (migration, p0_file, p0_pos, file, pos) VALUES (%s, %s, %s, %s, %s)",
+            (self.migration, p0.file, p0.pos, p0.file, p0.pos),
+        )
+        for db, table, estimate in tables:
+            query(
+                conn,
+                f"INSERT INTO {self.schema}.copy_cursor (migration, db, tbl, rows_estimated) VALUES (%s, %s, %s, %s)",
+                (self.migration, db, table, estimate),
+            )
+        query(conn, "COMMIT")
+
+    def add_tables(self, conn: Connection, tables: list[tuple[str, str, int]]) -> None:
+        """Copy cursors for tables that appeared in the selection since the state was created."""
+        self.check_fence(conn)
+        for db, table, estimate in tables:
+            query(
+                conn,
+                f"INSERT IGNORE INTO {self.schema}.copy_cursor (migration, db, tbl, rows_estimated)"
+                " VALUES (%s, %s, %s, %s)",
+                (self.migration, db, table, estimate),
+            )
+        query(conn, "COMMIT")
+
+    def save_position(self, conn: Connection, position: Position, skip_events: int, phase: str) -> None:
+        query(
+            conn,
+            f"UPDATE {self.schema}.state SET file = %s, pos = %s, skip_events = %s, phase = %s,"
+            " updated_at = CURRENT_TIMESTAMP(6) WHERE migration = %s",
+            (position.file, position.pos, skip_events, phase, self.migration),
+        )
+
+    def save_stop(self, conn: Connection, stop: dict[str, Any] | None) -> None:
+        query(
+            conn,
+            f"UPDATE {self.schema}.state SET pending_stop = %s WHERE migration = %s",
+            (json.dumps(stop) if stop else None, self.migration),
+        )
+
+    def cursors(self, conn: Connection) -> list[CopyCursor]:
+        rows = query(
+            conn,
+            f"SELECT db, tbl, cursor_hex, done, rows_copied, rows_estimated FROM {self.schema}.copy_cursor"
+            " WHERE migration = %s ORDER BY db, tbl",
+            (self.migration,),
+        )
+        query(conn, "COMMIT")
+        return [
+            CopyCursor(
+                db=str(r[0]),
+                table=str(r[1]),
+                cursor=tuple(bytes.fromhex(h) for h in json.loads(r[2])) if r[2] else None,
+                done=bool(r[3]),
+                rows_copied=int(r[4]),
+                rows_estimated=int(r[5]),
+            )
+            for r in rows
+        ]
+
+    def save_cursor(self, conn: Connection, cursor: CopyCursor) -> None:
+        query(
+            conn,
+            f"UPDATE {self.schema}.copy_cursor SET cursor_hex = %s, done = %s, rows_copied = %s"
+            " WHERE migration = %s AND db = %s AND tbl = %s",
+            (
+                json.dumps([c.hex() for c in cursor.cursor]) if cursor.cursor is not None else None,
+                int(cursor.done),
+                cursor.rows_copied,
+                self.migration,
+                cursor.db,
+                cursor.table,
+            ),
+        )
+
+    def reset(self, conn: Connection) -> None:
+        """Forget the migration's progress (a re-copy starts from a new P0); the fence generation stays."""
+        query(conn, f"DELETE FROM {self.schema}.state WHERE migration = %s", (self.migration,))
+        query(conn, f"DELETE FROM {self.schema}.copy_cursor WHERE migration = %s", (self.migration,))
+        query(conn, "COMMIT")
+
+
+def connection_id(conn: Connection) -> int:
+    rows = query(conn, "SELECT CONNECTION_ID()")
+    if not rows:
+        raise UnavailableError("cannot read CONNECTION_ID() on the target")
+    return int(rows[0][0])
