@@ -24,7 +24,7 @@ from austasync.errors import DriftError
 from austasync.events import Row, Rows
 from austasync.position import Position
 from austasync.schema import ForeignKey, Table, TableId
-from austasync.sql import Kind, at_most_key, after_key, in_list, qualified, quote_ident, raw_literal, value_literal
+from austasync.sql import Kind, after_key, at_most_key, in_list, qualified, quote_ident, raw_literal, value_literal
 from austasync.state import CopyCursor, TargetState
 
 DELETED = None  # marker of a net image that is a delete
@@ -217,8 +217,9 @@ class Applier:
 
     def commit(self, phase: str | None = None) -> Position:
         """Flush and commit the batch with the new checkpoint in the same target transaction."""
-        if phase is not None:
+        if phase is not None and phase != self.phase:
             self.phase = phase
+            self._open()  # a phase change alone is worth a commit: operators and the gate read it
         if not self.pending:
             return self.committed
         self.flush()
@@ -376,8 +377,10 @@ def _values(plan: _TablePlan, columns: Sequence[str], row: Sequence[object]) -> 
 
 def _referenced_changed(plan: _TablePlan, fk: ForeignKey, before: Sequence[object], after: Sequence[object]) -> bool:
     """A change of bytes counts, even where the collation says equal ('abc' -> 'ABC' cascades)."""
-    return any(_bytes_differ(a, b) for a, b in zip(_values(plan, fk.parent_columns, before),
-                                                 _values(plan, fk.parent_columns, after), strict=True))
+    return any(
+        _bytes_differ(a, b)
+        for a, b in zip(_values(plan, fk.parent_columns, before), _values(plan, fk.parent_columns, after), strict=True)
+    )
 
 
 def _bytes_differ(a: object, b: object) -> bool:

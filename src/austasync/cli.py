@@ -21,8 +21,8 @@ from austasync.errors import (
     DriftError,
     FencedError,
     SetupError,
-    UncarryableValueError,
     UnavailableError,
+    UncarryableValueError,
 )
 
 EXIT_OK = 0

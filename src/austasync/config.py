@@ -271,7 +271,7 @@ def _database(section: _Section, base_dir: Path | None, default_port: int) -> Da
 
 def _rename(value: Any, where: str) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a table of source_db = \"target_db\"")
+        raise ConfigError(f'{where} must be a table of source_db = "target_db"')
     for key, val in value.items():
         _ident(key, f"{where}.{key}")
         _ident(val, f"{where}.{key}")
@@ -293,7 +293,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
     rep = s["replication"]
     replication = ReplicationConfig(
         server_id=rep.get("server_id", lambda v, w: _int(v, w, 1, 2**32 - 1), 4321),
-        databases=tuple(_ident(d, "replication.databases") for d in rep.get("databases", _str_list, ())),
+        databases=tuple(_ident(d, "replication.databases") for d in rep.get("databases", _str_list, tuple[str, ...]())),
         name=rep.get("name", _ident, "default"),
         include_tables=rep.get("include_tables", _str_list, ()),
         exclude_tables=rep.get("exclude_tables", _str_list, ()),

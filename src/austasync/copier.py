@@ -12,6 +12,7 @@ target's copied ranges always equal the source at the stream's position.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,13 +89,11 @@ class SnapshotReader:
         key_idx = [names.index(k) for k in table.key]
         last = rows[-1]
         last_key = tuple(last[i] for i in key_idx)
-        return Chunk(rows=rows, last_key=last_key, is_last=len(rows) < limit)  # type: ignore[arg-type]
+        return Chunk(rows=rows, last_key=last_key, is_last=len(rows) < limit)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # already closed or broken: nothing left to release
             self.conn.close()
-        except Exception:  # noqa: S110 (already closed or broken: nothing left to release)
-            pass
 
 
 def _text(value: object) -> str:

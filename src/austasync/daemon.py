@@ -7,6 +7,7 @@ reader at the checkpoint, and only then copy, each chunk at the barrier.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import sys
@@ -37,8 +38,8 @@ from austasync.errors import (
     DdlStop,
     FencedError,
     SetupError,
-    UncarryableValueError,
     UnavailableError,
+    UncarryableValueError,
 )
 from austasync.events import (
     Begin,
@@ -53,7 +54,15 @@ from austasync.events import (
 )
 from austasync.mirror import Mirror
 from austasync.position import Position
-from austasync.schema import ForeignKey, Table, TableId, check_foreign_keys, ensure_target, load_foreign_keys, load_tables
+from austasync.schema import (
+    ForeignKey,
+    Table,
+    TableId,
+    check_foreign_keys,
+    ensure_target,
+    load_foreign_keys,
+    load_tables,
+)
 from austasync.state import CopyCursor, TargetState, connection_id, holder_name
 
 LEASE_TTL_SECONDS = 15.0
@@ -144,16 +153,14 @@ class Daemon:
                 f"no table selected in {', '.join(self.config.replication.databases)} on the source; check"
                 " replication.databases and the include/exclude lists"
             )
-        fks = check_foreign_keys(tables, load_foreign_keys(source, self.config.replication.databases))
+        fks = check_foreign_keys(tables, load_foreign_keys(source, tables))
         self._acquire_lease()
         try:
             self._run_with_lease(source, tables, fks)
         finally:
             self._close()
-            try:
+            with contextlib.suppress(Exception):  # Redis down at exit: the lease expires by itself
                 self.mirror.release_lease()
-            except Exception:  # noqa: S110 (Redis down at exit: the lease expires by itself)
-                pass
 
     def _acquire_lease(self) -> None:
         def waiting(holder: str) -> None:
@@ -183,16 +190,15 @@ class Daemon:
             self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
             self.log.info("persisted P0; the stream starts here", p0=str(p0))
             checkpoint = self.state.load(writer)
-            assert checkpoint is not None
+            if checkpoint is None:
+                raise UnavailableError("the state row written a moment ago is not in the target; is it read-only?")
         else:
             self.state.add_tables(writer, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
         if checkpoint.pending_stop:
             stop = checkpoint.pending_stop
             raise DdlStop(_ddl_message(stop))
         _check_binlog_available(source, checkpoint.position)
-        self.cursors = {
-            (c.db, c.table): c for c in self.state.cursors(writer) if (c.db, c.table) in tables
-        }
+        self.cursors = {(c.db, c.table): c for c in self.state.cursors(writer) if (c.db, c.table) in tables}
         applier = Applier(
             writer,
             self.state,
@@ -216,7 +222,10 @@ class Daemon:
         self.phase = "copying" if snapshot else "streaming"
         applier.phase = self.phase
         self.log.info(
-            "started", position=str(checkpoint.position), skip_events=checkpoint.skip_events, phase=self.phase,
+            "started",
+            position=str(checkpoint.position),
+            skip_events=checkpoint.skip_events,
+            phase=self.phase,
             tables=len(tables),
         )
         if self.ready_callback:
@@ -233,10 +242,8 @@ class Daemon:
 
     def _close(self) -> None:
         for conn in self._conns:
-            try:
+            with contextlib.suppress(Exception):  # closing on the way out; the server cleans up
                 conn.close()
-            except Exception:  # noqa: S110 (closing on the way out; the server cleans up)
-                pass
         self._conns = []
 
     # --- the loop ---------------------------------------------------------------------------------------------
@@ -295,7 +302,10 @@ class Daemon:
         position = applier.commit(phase=self.phase)
         if rows:
             self.log.debug(
-                "batch applied", rows=rows, transactions=txns, position=str(position),
+                "batch applied",
+                rows=rows,
+                transactions=txns,
+                position=str(position),
                 seconds=round(self.clock() - started, 3),
             )
 
@@ -351,7 +361,7 @@ class Daemon:
         stop = {"statement": event.query, "schema": event.schema, "start": str(event.start), "end": str(event.position)}
         if policy == "exec":
             raise UncarryableValueError(
-                "on_ddl = \"exec\" is not implemented in this version; use \"stop\" and resolve with `austasync ddl`"
+                'on_ddl = "exec" is not implemented in this version; use "stop" and resolve with `austasync ddl`'
             )
         self.state.check_fence(applier.conn)
         self.state.save_stop(applier.conn, stop)
@@ -394,8 +404,12 @@ class Daemon:
                     self.cursors[(cursor.db, cursor.table)] = new
                     copied += len(chunk.rows)
                     self.log.info(
-                        "chunk copied", table=str(table), rows=len(chunk.rows), total=new.rows_copied,
-                        done=new.done, at=str(position),
+                        "chunk copied",
+                        table=str(table),
+                        rows=len(chunk.rows),
+                        total=new.rows_copied,
+                        done=new.done,
+                        at=str(position),
                     )
                     pending = [c for c in self.cursors.values() if not c.done]
                     self._rate_limit(copied, started)
@@ -468,7 +482,7 @@ class Daemon:
             ts = applier.stats.oldest_timestamp
         if ts is None:
             return 0.0
-        return max(0.0, self.wall() - ts)
+        return max(0.0, self.wall() - float(ts))
 
     def _publish(self, applier: Applier, force: bool = False) -> None:
         self._applier_ref = applier
@@ -536,12 +550,12 @@ def _check_binlog_available(conn: Connection, position: Position) -> None:
 def _ddl_message(stop: dict[str, Any]) -> str:
     return (
         f"DDL on a replicated table at source position {stop['start']}: {stop['statement'][:500]!r}."
-        " on_ddl = \"stop\": the target is checkpointed just before it. Apply the same change to the target"
+        ' on_ddl = "stop": the target is checkpointed just before it. Apply the same change to the target'
         " yourself and run `austasync ddl --config FILE --skip`, or let austasync run it there with"
         " `austasync ddl --config FILE --exec`; then start `austasync run` again"
     )
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     return bool(args) and isinstance(args[0], int) and args[0] in CONNECTION_LOST

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import pymysql
 import pymysql.connections
@@ -18,7 +18,7 @@ import pymysql.cursors
 from austasync.config import DatabaseConfig
 from austasync.errors import UnavailableError
 
-Connection = pymysql.connections.Connection  # type: ignore[type-arg]
+Connection: TypeAlias = pymysql.connections.Connection[Any]
 
 TARGET_SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION,ALLOW_INVALID_DATES"
 ER_LOCK_DEADLOCK = 1213
@@ -54,7 +54,7 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
 
 
 def _message(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     if len(args) >= 2:
         return f"error {args[0]}: {args[1]}"
     return str(exc)
@@ -87,15 +87,16 @@ def setup_target_session(conn: Connection) -> None:
     query(
         conn,
         "SET SESSION foreign_key_checks = 0, unique_checks = 1, time_zone = '+00:00',"
-        f" sql_mode = '{TARGET_SQL_MODE}', transaction_isolation = 'READ-COMMITTED', autocommit = 0",
+        f" sql_mode = '{TARGET_SQL_MODE}', autocommit = 0",
     )
+    query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
 
 def start_snapshot(conn: Connection) -> None:
     """Open a consistent snapshot in REPEATABLE READ and check the level really is that."""
     query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     query(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
-    level = query(conn, "SELECT @@session.transaction_isolation")
+    level = query(conn, f"SELECT @@session.{isolation_variable(conn)}")
     value = level[0][0]
     text = value.decode() if isinstance(value, bytes) else str(value)
     if text != "REPEATABLE-READ":
@@ -103,11 +104,16 @@ def start_snapshot(conn: Connection) -> None:
         raise UnavailableError(f"snapshot session runs in {text}, not REPEATABLE-READ; refusing to read")
 
 
+def isolation_variable(conn: Connection) -> str:
+    """``tx_isolation`` before MariaDB 11.1, ``transaction_isolation`` on MySQL 8 and newer MariaDB."""
+    flavor, version = server_flavor(conn)
+    return "tx_isolation" if flavor == "mariadb" and version < (11, 1) else "transaction_isolation"
+
+
 def server_flavor(conn: Connection) -> tuple[str, tuple[int, ...]]:
     """("mariadb" | "mysql", version tuple)."""
-    version = str(query(conn, "SELECT VERSION()")[0][0])
-    if isinstance(version, bytes):
-        version = version.decode()
+    raw = query(conn, "SELECT VERSION()")[0][0]
+    version = raw.decode() if isinstance(raw, bytes) else str(raw)
     numbers = tuple(int(p) for p in version.split("-")[0].split(".")[:3] if p.isdigit())
     return ("mariadb" if "mariadb" in version.lower() else "mysql"), numbers
 

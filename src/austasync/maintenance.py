@@ -6,7 +6,7 @@ Both take the Redis lease and fence the target first, so they never race a runni
 from __future__ import annotations
 
 from austasync.config import Config
-from austasync.db import connect, query, setup_target_session
+from austasync.db import Connection, connect, query, setup_target_session
 from austasync.errors import ConfigError, UnavailableError
 from austasync.mirror import Mirror
 from austasync.position import Position
@@ -14,7 +14,7 @@ from austasync.sql import quote_ident
 from austasync.state import TargetState, connection_id, holder_name
 
 
-def _with_fence(config: Config, action: str) -> tuple[Mirror, TargetState, object]:
+def _with_fence(config: Config, action: str) -> tuple[Mirror, TargetState, Connection]:
     mirror = Mirror(config.redis, config.replication.name)
     mirror.ping()
     if not mirror.acquire_lease(holder_name() + f" ({action})", 30.0, wait=False):
@@ -33,7 +33,7 @@ def resolve_ddl(config: Config, action: str | None) -> str:
     """Show the pending DDL stop, or resolve it by skipping or executing the statement on the target."""
     mirror, state, conn = _with_fence(config, "ddl")
     try:
-        checkpoint = state.load(conn)  # type: ignore[arg-type]
+        checkpoint = state.load(conn)
         if checkpoint is None or not checkpoint.pending_stop:
             return "no DDL stop is pending"
         stop = checkpoint.pending_stop
@@ -49,27 +49,27 @@ def resolve_ddl(config: Config, action: str | None) -> str:
                     "the statement may name a schema that is renamed on the target; apply it by hand and use --skip"
                 )
             if target_db:
-                query(conn, f"USE {quote_ident(target_db)}")  # type: ignore[arg-type]
-            query(conn, stop["statement"])  # type: ignore[arg-type]
-        state.check_fence(conn)  # type: ignore[arg-type]
-        state.save_position(conn, Position.parse(stop["end"]), 0, checkpoint.phase)  # type: ignore[arg-type]
-        state.save_stop(conn, None)  # type: ignore[arg-type]
-        query(conn, "COMMIT")  # type: ignore[arg-type]
+                query(conn, f"USE {quote_ident(target_db)}")
+            query(conn, stop["statement"])
+        state.check_fence(conn)
+        state.save_position(conn, Position.parse(stop["end"]), 0, checkpoint.phase)
+        state.save_stop(conn, None)
+        query(conn, "COMMIT")
         done = "executed on the target and skipped" if action == "exec" else "skipped"
         return f"DDL {done}; the stream resumes at {stop['end']}. Start `austasync run` again"
     finally:
-        conn.close()  # type: ignore[attr-defined]
+        conn.close()
         mirror.release_lease()
 
 
 def reset_state(config: Config) -> str:
     mirror, state, conn = _with_fence(config, "reset")
     try:
-        state.reset(conn)  # type: ignore[arg-type]
+        state.reset(conn)
         return (
             f"migration {config.replication.name!r} reset: the next `austasync run` persists a new P0 and re-copies"
             " every table"
         )
     finally:
-        conn.close()  # type: ignore[attr-defined]
+        conn.close()
         mirror.release_lease()

@@ -40,8 +40,8 @@ return 0
 class Mirror:
     """Lease and status keys of one migration."""
 
-    def __init__(self, cfg: RedisConfig, migration: str, client: redis.Redis | None = None) -> None:
-        self.client = client or redis.Redis.from_url(
+    def __init__(self, cfg: RedisConfig, migration: str, client: redis.Redis[str] | None = None) -> None:
+        self.client: redis.Redis[str] = client or redis.Redis.from_url(
             cfg.url.reveal(), socket_timeout=5, socket_connect_timeout=5, decode_responses=True
         )
         self.prefix = f"{cfg.key_prefix}:{migration}"
@@ -58,7 +58,12 @@ class Mirror:
             raise UnavailableError(f"Redis is unreachable: {type(exc).__name__}: {_safe(exc)}") from None
 
     def acquire_lease(
-        self, holder: str, ttl_seconds: float, *, wait: bool, on_wait: Callable[[str], None] | None = None,
+        self,
+        holder: str,
+        ttl_seconds: float,
+        *,
+        wait: bool,
+        on_wait: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> bool:
         """Take the lease; with ``wait`` keep trying until it is free (a second daemon waits, never writes)."""
@@ -79,7 +84,9 @@ class Mirror:
 
     def renew_lease(self, ttl_seconds: float) -> bool:
         """Extend our lease; False if it is no longer ours (expired and taken, or Redis restarted empty)."""
-        result = self.client.eval(_RENEW, 1, self.key("lease"), self.token_value, int(ttl_seconds * 1000))
+        result = self.client.eval(  # type: ignore[no-untyped-call]  # redis stubs leave eval untyped
+            _RENEW, 1, self.key("lease"), self.token_value, int(ttl_seconds * 1000)
+        )
         if result:
             return True
         # Redis restarted empty or the key expired while nobody took it: take it back if free
@@ -88,7 +95,9 @@ class Mirror:
     def release_lease(self) -> None:
         token = getattr(self, "token_value", None)
         if token is not None:
-            self.client.eval(_RELEASE, 1, self.key("lease"), token)
+            self.client.eval(  # type: ignore[no-untyped-call]  # redis stubs leave eval untyped
+                _RELEASE, 1, self.key("lease"), token
+            )
 
     def lease_holder(self) -> dict[str, Any] | None:
         raw = self.client.get(self.key("lease"))

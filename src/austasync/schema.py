@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from austasync.config import Config
 from austasync.db import Connection, query
@@ -183,46 +182,57 @@ def _unique_keys(conn: Connection, db: str) -> dict[str, dict[str, list[tuple[st
     return out
 
 
-def load_foreign_keys(conn: Connection, dbs: Iterable[str]) -> list[ForeignKey]:
-    """Every foreign key whose child table lives in one of ``dbs``."""
-    dbs = list(dbs)
-    marks = ",".join(["%s"] * len(dbs))
-    rows = query(
-        conn,
-        "SELECT rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, rc.UPDATE_RULE, rc.DELETE_RULE,"
-        " k.COLUMN_NAME, k.REFERENCED_TABLE_SCHEMA, k.REFERENCED_TABLE_NAME, k.REFERENCED_COLUMN_NAME"
-        " FROM information_schema.REFERENTIAL_CONSTRAINTS rc"
-        " JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA"
-        "  AND k.TABLE_NAME = rc.TABLE_NAME AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME"
-        f" WHERE rc.CONSTRAINT_SCHEMA IN ({marks})"
-        " ORDER BY rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
-        dbs,
-    )
-    grouped: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for db, table, name, upd, dele, col, pdb, ptable, pcol in rows:
-        entry = grouped.setdefault(
-            (str(db), str(table), str(name)),
-            {"upd": str(upd), "del": str(dele), "cols": [], "parent": (str(pdb), str(ptable)), "pcols": []},
-        )
-        entry["cols"].append(str(col))
-        entry["pcols"].append(str(pcol))
-    return [
-        ForeignKey(
-            name=name,
-            child=(db, table),
-            child_columns=tuple(e["cols"]),
-            parent=e["parent"],
-            parent_columns=tuple(e["pcols"]),
-            on_delete=e["del"],
-            on_update=e["upd"],
-        )
-        for (db, table, name), e in grouped.items()
-    ]
+_FK = re.compile(
+    r"CONSTRAINT\s+`((?:[^`]|``)+)`\s+FOREIGN KEY\s+\(([^)]*)\)\s+REFERENCES\s+"
+    r"(?:`((?:[^`]|``)+)`\.)?`((?:[^`]|``)+)`\s*\(([^)]*)\)((?:\s+ON\s+(?:DELETE|UPDATE)\s+"
+    r"(?:CASCADE|SET NULL|SET DEFAULT|RESTRICT|NO ACTION))*)",
+    re.IGNORECASE,
+)
+_FK_ACTION = re.compile(r"ON\s+(DELETE|UPDATE)\s+(CASCADE|SET NULL|SET DEFAULT|RESTRICT|NO ACTION)", re.IGNORECASE)
 
 
-def _choose_key(table: str, uniques: Mapping[str, list[tuple[str, str]]], nullable: Mapping[str, bool]) -> (
-    tuple[str, ...] | None
-):
+def _idents(text: str) -> tuple[str, ...]:
+    return tuple(m.replace("``", "`") for m in re.findall(r"`((?:[^`]|``)+)`", text))
+
+
+def parse_foreign_keys(db: str, table: str, create_sql: str) -> list[ForeignKey]:
+    """The foreign keys of a ``SHOW CREATE TABLE`` text.
+
+    ``SHOW CREATE TABLE`` is read instead of ``information_schema.REFERENTIAL_CONSTRAINTS`` because the latter
+    silently shows nothing to a user with only SELECT on MariaDB: missing FKs would mean silently missed cascades.
+    """
+    out = []
+    for match in _FK.finditer(create_sql):
+        name, cols, pdb, ptable, pcols, actions = match.groups()
+        rules = {"DELETE": "RESTRICT", "UPDATE": "RESTRICT"}
+        for when, action in _FK_ACTION.findall(actions or ""):
+            rules[when.upper()] = action.upper()
+        out.append(
+            ForeignKey(
+                name=name.replace("``", "`"),
+                child=(db, table),
+                child_columns=_idents(cols),
+                parent=((pdb or db).replace("``", "`"), ptable.replace("``", "`")),
+                parent_columns=_idents(pcols),
+                on_delete=rules["DELETE"],
+                on_update=rules["UPDATE"],
+            )
+        )
+    return out
+
+
+def load_foreign_keys(conn: Connection, tables: Iterable[TableId]) -> list[ForeignKey]:
+    """Every foreign key whose child is one of ``tables``."""
+    fks: list[ForeignKey] = []
+    for db, table in tables:
+        create = str(query(conn, f"SHOW CREATE TABLE {qualified(db, table)}")[0][1])
+        fks.extend(parse_foreign_keys(db, table, create))
+    return fks
+
+
+def _choose_key(
+    table: str, uniques: Mapping[str, list[tuple[str, str]]], nullable: Mapping[str, bool]
+) -> tuple[str, ...] | None:
     if "PRIMARY" in uniques:
         return tuple(c for c, _ in uniques["PRIMARY"])
     for index in sorted(uniques):
@@ -294,9 +304,7 @@ def check_foreign_keys(tables: Mapping[TableId, Table], fks: Sequence[ForeignKey
             continue
         kept.append(fk)
     if problems:
-        raise SetupError(
-            "replicate the parent tables too, or exclude the children:\n  " + "\n  ".join(problems)
-        )
+        raise SetupError("replicate the parent tables too, or exclude the children:\n  " + "\n  ".join(problems))
     return kept
 
 
@@ -365,9 +373,9 @@ def _describe_diff(wanted: list[tuple[str, str, str, str]], existing: list[tuple
         parts.append("missing columns " + ", ".join(missing))
     if extra:
         parts.append("extra columns " + ", ".join(extra))
-    for name in want:
-        if name in have and want[name] != have[name]:
-            parts.append(f"column {name} is {have[name][1]} {have[name][2]}, source has {want[name][1]} {want[name][2]}")
+    for name, spec in want.items():
+        if name in have and spec != have[name]:
+            parts.append(f"column {name} is {have[name][1]} {have[name][2]}, source has {spec[1]} {spec[2]}")
     if not parts:
         parts.append("column order differs: " + ", ".join(c[0] for c in existing))
     return "; ".join(parts)
@@ -375,5 +383,7 @@ def _describe_diff(wanted: list[tuple[str, str, str, str]], existing: list[tuple
 
 def _target_triggers(target: Connection, config: Config, tables: Mapping[TableId, Table]) -> list[str]:
     wanted = {(config.replication.target_db(t.db), t.name) for t in tables.values()}
-    rows = query(target, "SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME FROM information_schema.TRIGGERS")
+    rows = query(
+        target, "SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME FROM information_schema.TRIGGERS"
+    )
     return [f"{r[2]} on {r[0]}.{r[1]}" for r in rows if (str(r[0]), str(r[1])) in wanted]

@@ -141,7 +141,9 @@ def _expanded(columns: Sequence[str], literals: Sequence[str], op: str, or_equal
         eqs.append(f"{quote_ident(columns[i])} {op} {literals[i]}")
         terms.append("(" + " AND ".join(eqs) + ")")
     if or_equal:
-        terms.append("(" + " AND ".join(f"{quote_ident(c)} = {v}" for c, v in zip(columns, literals, strict=True)) + ")")
+        terms.append(
+            "(" + " AND ".join(f"{quote_ident(c)} = {v}" for c, v in zip(columns, literals, strict=True)) + ")"
+        )
     return "(" + " OR ".join(terms) + ")"
 
 

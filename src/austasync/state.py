@@ -115,7 +115,7 @@ class TargetState:
                 continue
             try:
                 query(conn, f"KILL {conn_id}")
-            except Exception:  # noqa: S112 (the old session is usually gone already: unknown thread id)
+            except Exception:  # noqa: BLE001, S112 (the old session is usually gone already: unknown thread id)
                 continue
         query(conn, "SET SESSION innodb_lock_wait_timeout = 30")
         query(

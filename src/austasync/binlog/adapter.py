@@ -14,8 +14,8 @@ Traps of the library handled here (DESIGN.md, notes/binlog-library.md):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import decimal
 import json
 import queue
 import threading
@@ -56,7 +56,7 @@ from pymysqlreplication.row_event import (
 )
 
 from austasync.config import DatabaseConfig
-from austasync.errors import UncarryableValueError, UnavailableError
+from austasync.errors import UnavailableError, UncarryableValueError
 from austasync.events import (
     Begin,
     Boundary,
@@ -92,7 +92,7 @@ _EVENT_NAMES = {
     171: "MariaDB compressed DELETE_ROWS",
 }
 _FL_STANDALONE = 1  # MariaDB GTID flag: the group is one statement (DDL) with no COMMIT
-_ZERO_TIMESTAMP = dt.datetime(1970, 1, 1)  # noqa: DTZ001 (the library returns naive UTC)
+_ZERO_TIMESTAMP = dt.datetime(1970, 1, 1)
 
 _IGNORED = (
     FormatDescriptionEvent,
@@ -152,8 +152,6 @@ def _adapter(column: Column, where: str) -> Callable[[Any], Any]:
         return lambda v: v.ljust(length, b"\0") if isinstance(v, bytes) else v
     if dtype == "json":
         return lambda v: v if isinstance(v, str | bytes) or v is None else _json_text(v, where)
-    if column.kind is Kind.DECIMAL:
-        return lambda v: v if isinstance(v, decimal.Decimal | int) or v is None else v
     return lambda v: v
 
 
@@ -213,10 +211,8 @@ class BinlogReader:
         self._stop.set()
         stream = self._stream
         if stream is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a socket another thread reads from may fail; we exit anyway
                 stream.close()
-            except Exception:  # noqa: S110 (closing a socket another thread reads from may fail; we exit anyway)
-                pass
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -269,7 +265,11 @@ class BinlogReader:
             state.boundary = state.position
             return [Boundary(state.position)]
         if isinstance(event, HeartbeatLogEvent):
-            return [] if state.in_txn or state.standalone else [Heartbeat(Position(event.ident, int(event.packet.log_pos)))]
+            return (
+                []
+                if state.in_txn or state.standalone
+                else [Heartbeat(Position(event.ident, int(event.packet.log_pos)))]
+            )
         if event.packet.log_pos == 0:
             return []  # artificial events (format description on connect) carry no position
         out = self._convert_positioned(event, end, state)
@@ -342,7 +342,7 @@ class BinlogReader:
             state.standalone = False
         return out
 
-    def _rows(self, event: Any, end: Position, seq: int, ts: int) -> Rows | SkippedRows:  # type: ignore[return]
+    def _rows(self, event: Any, end: Position, seq: int, ts: int) -> Rows | SkippedRows:
         key = (str(event.schema), str(event.table))
         table = self.tables.get(key)
         if table is None:
@@ -359,8 +359,16 @@ class BinlogReader:
         try:
             raw_rows = event.rows
         except UnicodeDecodeError as exc:
-            raise UncarryableValueError(f"{where}: a string value is not valid in its column charset ({exc.reason})") from None
-        kind = "insert" if isinstance(event, WriteRowsEvent) else "delete" if isinstance(event, DeleteRowsEvent) else "update"
+            raise UncarryableValueError(
+                f"{where}: a string value is not valid in its column charset ({exc.reason})"
+            ) from None
+        kind = (
+            "insert"
+            if isinstance(event, WriteRowsEvent)
+            else "delete"
+            if isinstance(event, DeleteRowsEvent)
+            else "update"
+        )
         rows: list[tuple[Row | None, Row | None]] = []
         for raw in raw_rows:
             if kind == "update":
@@ -383,7 +391,7 @@ class BinlogReader:
 
 
 def _adapt(codec: _TableCodec, values: Mapping[str, Any], nones: Mapping[str, str], where: str) -> Row:
-    out = []
+    out: list[Any] = []
     for name, adapt in zip(codec.names, codec.adapters, strict=True):
         value = values.get(name)
         if value is None:
@@ -421,7 +429,7 @@ def _translate(exc: BaseException, start: Position) -> BaseException:
 
     if isinstance(exc, AustasyncError):
         return exc
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     code = args[0] if args and isinstance(args[0], int) else None
     if code == 1236:
         return BinlogPurgedError(
@@ -429,5 +437,7 @@ def _translate(exc: BaseException, start: Position) -> BaseException:
             " needs is gone; start a re-copy with `austasync reset --config FILE` and then `austasync run`"
         )
     if code is not None:
-        return UnavailableError(f"binlog stream from the source failed: error {code}: {args[1] if len(args) > 1 else ''}")
+        return UnavailableError(
+            f"binlog stream from the source failed: error {code}: {args[1] if len(args) > 1 else ''}"
+        )
     return UnavailableError(f"binlog stream from the source failed: {type(exc).__name__}: {exc}")

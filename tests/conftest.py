@@ -1,0 +1,219 @@
+"""Fixtures: real MariaDB source and target (binlog on) and a real Redis, started once per test session.
+
+Each test gets its own database name and migration name, so tests share servers without sharing state. Tests
+that kill or restart a server start their own with the factories below.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servers import MariaDB, Redis
+
+_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def source(server_root: Path) -> Iterator[MariaDB]:
+    server = MariaDB(server_root / "source", server_id=101)
+    server.start()
+    server.execute(
+        "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-secret-pw'",
+        "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, SLAVE MONITOR,"
+        " BINLOG MONITOR ON *.* TO 'repl'@'%'",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def target(server_root: Path) -> Iterator[MariaDB]:
+    server = MariaDB(server_root / "target", server_id=202)
+    server.start()
+    server.execute(
+        "CREATE USER 'austasync'@'%' IDENTIFIED BY 'target-secret-pw'",
+        "GRANT ALL PRIVILEGES ON *.* TO 'austasync'@'%'",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_root: Path) -> Iterator[Redis]:
+    server = Redis(server_root / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Env:
+    """One test's migration: its database, its config file, and helpers to run and observe the daemon."""
+
+    def __init__(self, source: MariaDB, target: MariaDB, redis: Redis, tmp: Path, name: str) -> None:
+        self.source = source
+        self.target = target
+        self.redis = redis
+        self.tmp = tmp
+        self.name = name
+        self.db = f"db_{name}"
+        self.state_schema = "_austasync"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.extra: dict[str, dict[str, Any]] = {}
+
+    def config_text(self) -> str:
+        sections: dict[str, dict[str, Any]] = {
+            "source": {"host": "127.0.0.1", "port": self.source.port, "user": "repl", "password": "repl-secret-pw"},
+            "target": {
+                "host": "127.0.0.1",
+                "port": self.target.port,
+                "user": "austasync",
+                "password": "target-secret-pw",
+            },
+            "redis": {"url": self.redis.url, "key_prefix": "t"},
+            "replication": {"server_id": 5000 + next(_counter), "databases": [self.db], "name": self.name},
+            "copy": {"chunk_rows": 200, "snapshot_seconds": 0.5},
+            "apply": {"batch_max_rows": 500, "batch_max_seconds": 0.2},
+            "http": {"listen": "127.0.0.1:0"},
+        }
+        for section, values in self.extra.items():
+            sections.setdefault(section, {}).update(values)
+        lines = []
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                lines.append(f"{key} = {_toml(value)}")
+        return "\n".join(lines) + "\n"
+
+    @property
+    def config_path(self) -> Path:
+        path = self.tmp / f"{self.name}.toml"
+        path.write_text(self.config_text())
+        return path
+
+    def start_daemon(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"daemon-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "austasync", "run", "--config", str(self.config_path), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def daemon_log(self, index: int = -1) -> str:
+        logs = sorted(self.tmp.glob("daemon-*.log"), key=lambda p: int(p.stem.split("-")[1]))
+        return logs[index].read_text(errors="replace") if logs else ""
+
+    def run_cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "austasync", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def checkpoint(self) -> tuple[str, int, str] | None:
+        rows = self.target.execute(
+            f"SELECT file, pos, phase FROM {self.state_schema}.state WHERE migration = '{self.name}'"
+        )
+        return (str(rows[0][0]), int(rows[0][1]), str(rows[0][2])) if rows else None
+
+    def source_position(self) -> tuple[str, int]:
+        rows = self.source.execute("SHOW MASTER STATUS")
+        return str(rows[0][0]), int(rows[0][1])
+
+    def wait_caught_up(self, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+        """Until the daemon has copied everything and committed exactly the source's current binlog end."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {proc.returncode}:\n{self.daemon_log()[-4000:]}")
+            try:
+                last = self.checkpoint()
+            except Exception:  # noqa: BLE001 (state schema not created yet)
+                last = None
+            if last is not None and last[2] == "streaming" and (last[0], last[1]) == self.source_position():
+                return
+            time.sleep(0.1)
+        raise AssertionError(
+            f"not caught up after {timeout}s: checkpoint {last}, source {self.source_position()}\n"
+            + self.daemon_log()[-4000:]
+        )
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+@pytest.fixture
+def env(
+    source: MariaDB, target: MariaDB, redis_server: Redis, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Env]:
+    name = f"{request.node.name[:40]}_{next(_counter)}".replace("[", "_").replace("]", "").replace("-", "_")
+    name = "".join(ch for ch in name if ch.isalnum() or ch == "_")[:50]
+    environment = Env(source, target, redis_server, tmp_path, name)
+    source.execute(f"CREATE DATABASE {environment.db}")
+    yield environment
+    environment.stop_all()
+
+
+def dump(server: MariaDB, db: str, table: str, key: str) -> list[str]:
+    """An ordered dump of a table with every column as hex, by the ``mariadb`` client, not austasync's code."""
+    cols = [
+        str(r[0])
+        for r in server.execute(
+            f"SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA='{db}' AND TABLE_NAME='{table}'"
+            " ORDER BY ORDINAL_POSITION"
+        )
+    ]
+    exprs = ",".join(f"COALESCE(HEX(CAST(`{c}` AS BINARY)),'NULL')" for c in cols)
+    out = subprocess.run(
+        [
+            "mariadb",
+            "--no-defaults",
+            "-h127.0.0.1",
+            f"-P{server.port}",
+            "-uroot",
+            "--batch",
+            "--raw",
+            "--skip-column-names",
+            "--init-command=SET time_zone='+00:00'",
+            "-e",
+            f"SELECT {exprs} FROM `{db}`.`{table}` ORDER BY {key}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.splitlines()
