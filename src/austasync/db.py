@@ -18,7 +18,7 @@ import pymysql.cursors
 from austasync.config import DatabaseConfig
 from austasync.errors import UnavailableError
 
-Connection: TypeAlias = pymysql.connections.Connection[Any]
+Connection: TypeAlias = "pymysql.connections.Connection[Any]"  # generic only in the stubs
 
 TARGET_SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION,ALLOW_INVALID_DATES"
 ER_LOCK_DEADLOCK = 1213
