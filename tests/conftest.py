@@ -84,7 +84,12 @@ class Env:
                 "password": "target-secret-pw",
             },
             "redis": {"url": self.redis.url, "key_prefix": "t"},
-            "replication": {"server_id": 5000 + next(_counter), "databases": [self.db], "name": self.name},
+            "replication": {
+                "server_id": 5000 + next(_counter),
+                "databases": [self.db],
+                "name": self.name,
+                "lease_seconds": 2.0,
+            },
             "copy": {"chunk_rows": 200, "snapshot_seconds": 0.5},
             "apply": {"batch_max_rows": 500, "batch_max_seconds": 0.2},
             "http": {"listen": "127.0.0.1:0"},

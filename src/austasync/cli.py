@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+import pymysql
+import redis
 
 from austasync import __version__
 from austasync import config as configmod
@@ -67,6 +69,11 @@ def _guard(func: Callable[[], Any]) -> Any:
         return func()
     except AustasyncError as exc:
         _fail(exc)
+    except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+        # a connection lost mid-run: nothing half-written survives (the open target transaction rolls back)
+        _fail(UnavailableError(f"a database connection failed: {exc.args[1] if len(exc.args) > 1 else exc}"))
+    except redis.RedisError as exc:
+        _fail(UnavailableError(f"Redis failed: {type(exc).__name__}"))
 
 
 def _load(path: str) -> configmod.Config:

@@ -78,6 +78,7 @@ class ReplicationConfig:
     state_schema: str = "_austasync"
     heartbeat_seconds: float = 1.0
     read_timeout_seconds: float = 30.0
+    lease_seconds: float = 15.0
 
     def target_db(self, source_db: str) -> str:
         return self.rename.get(source_db, source_db)
@@ -302,6 +303,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
         state_schema=rep.get("state_schema", _ident, "_austasync"),
         heartbeat_seconds=rep.get("heartbeat_seconds", _float, 1.0),
         read_timeout_seconds=rep.get("read_timeout_seconds", _float, 30.0),
+        lease_seconds=rep.get("lease_seconds", _float, 15.0),
     )
     if not replication.databases:
         raise ConfigError("replication.databases must list at least one source database")

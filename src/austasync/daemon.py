@@ -65,7 +65,6 @@ from austasync.schema import (
 )
 from austasync.state import CopyCursor, TargetState, connection_id, holder_name
 
-LEASE_TTL_SECONDS = 15.0
 ALIVE_TTL_SECONDS = 10.0
 _DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|LOAD\s+DATA)\b", re.IGNORECASE)
 _DDL = re.compile(
@@ -167,7 +166,11 @@ class Daemon:
             self.log.info("lease held by another daemon; waiting", holder=holder)
 
         got = self.mirror.acquire_lease(
-            holder_name(), LEASE_TTL_SECONDS, wait=True, on_wait=waiting, should_stop=lambda: self.stopping
+            holder_name(),
+            self.config.replication.lease_seconds,
+            wait=True,
+            on_wait=waiting,
+            should_stop=lambda: self.stopping,
         )
         if not got:
             raise UnavailableError("stopped while waiting for the migration's lease")
@@ -454,7 +457,7 @@ class Daemon:
         if now - self.throttle.checked >= self.config.throttle.check_interval_seconds:
             self.throttle.checked = now
             self._check_throttle(source)
-            if not self.mirror.renew_lease(LEASE_TTL_SECONDS):
+            if not self.mirror.renew_lease(self.config.replication.lease_seconds):
                 raise FencedError("lost the migration's lease to another daemon; stopping without writing")
         if now - self.last_publish >= 1.0:
             self._publish(applier)
