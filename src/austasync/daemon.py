@@ -184,10 +184,12 @@ class Daemon:
         self.state.ensure_schema(writer)
         generation = self.state.take_over(writer, [connection_id(writer), connection_id(admin)])
         self.log.info("fenced the target", generation=generation)
+        checkpoint = self.state.load(writer)
+        if checkpoint is not None and checkpoint.pending_stop:
+            raise DdlStop(_ddl_message(checkpoint.pending_stop))
         created = ensure_target(source, admin, self.config, tables)
         if created:
             self.log.info("created target tables", count=created)
-        checkpoint = self.state.load(writer)
         if checkpoint is None:
             p0 = _master_position(source)
             self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
@@ -197,9 +199,6 @@ class Daemon:
                 raise UnavailableError("the state row written a moment ago is not in the target; is it read-only?")
         else:
             self.state.add_tables(writer, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
-        if checkpoint.pending_stop:
-            stop = checkpoint.pending_stop
-            raise DdlStop(_ddl_message(stop))
         _check_binlog_available(source, checkpoint.position)
         self.cursors = {(c.db, c.table): c for c in self.state.cursors(writer) if (c.db, c.table) in tables}
         applier = Applier(

@@ -1,0 +1,197 @@
+"""Single writer, fencing, resume and stops: a second daemon never writes, a frozen one cannot, bad input
+gets a clear error and a non-zero exit with nothing written."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Env, dump
+from servers import MariaDB
+
+EXIT_SETUP = 4
+EXIT_DDL_STOP = 10
+EXIT_UNCARRYABLE = 12
+
+
+def simple_table(env: Env, rows: int = 100) -> None:
+    env.source.execute(
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(50) NOT NULL)",
+        f"INSERT INTO {env.db}.t VALUES " + ",".join(f"({i}, 'v{i}')" for i in range(1, rows + 1)),
+    )
+
+
+def same(env: Env, table: str = "t", key: str = "id") -> bool:
+    return dump(env.source, env.db, table, key) == dump(env.target, env.db, table, key)
+
+
+def test_second_daemon_waits_for_the_lease_and_writes_nothing(env: Env) -> None:
+    simple_table(env)
+    first = env.start_daemon()
+    env.wait_caught_up(proc=first)
+    generation = env.target.execute(f"SELECT generation FROM _austasync.fence WHERE migration = '{env.name}'")
+    second = env.start_daemon()
+    time.sleep(3)
+    assert second.poll() is None, "the second daemon must wait, not exit"
+    assert "lease held by another daemon" in env.daemon_log(1)
+    # the waiting daemon did not fence the target: the generation is still the first daemon's
+    assert env.target.execute(f"SELECT generation FROM _austasync.fence WHERE migration = '{env.name}'") == generation
+    env.source.execute(f"INSERT INTO {env.db}.t VALUES (1000, 'x')")
+    env.wait_caught_up(proc=first)
+    assert same(env)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(10) == 0
+    # the waiting daemon takes over once the lease is free
+    env.source.execute(f"INSERT INTO {env.db}.t VALUES (1001, 'y')")
+    env.wait_caught_up(proc=second)
+    assert same(env)
+
+
+def test_frozen_daemon_that_wakes_after_a_takeover_cannot_write(env: Env) -> None:
+    simple_table(env)
+    old = env.start_daemon()
+    env.wait_caught_up(proc=old)
+    old.send_signal(signal.SIGSTOP)
+    # rows the frozen daemon has already read (or will read when it wakes) but not applied
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'changed-while-frozen' WHERE id <= 10")
+    new = env.start_daemon()
+    env.wait_caught_up(proc=new)
+    new.send_signal(signal.SIGSTOP)  # keep the new daemon from repairing whatever the old one might write
+    # a change the old daemon would apply if it could still write
+    env.source.execute(f"DELETE FROM {env.db}.t WHERE id > 90")
+    before = dump(env.target, env.db, "t", "id")
+    target_pos = env.target.execute("SHOW MASTER STATUS")[0][:2]
+    old.send_signal(signal.SIGCONT)
+    code = old.wait(30)
+    assert code != 0, "the stale daemon must stop"
+    # not a single row written by the stale daemon: the target's own binlog did not move, the rows are unchanged
+    assert env.target.execute("SHOW MASTER STATUS")[0][:2] == target_pos
+    assert dump(env.target, env.db, "t", "id") == before
+    new.send_signal(signal.SIGCONT)
+    env.wait_caught_up(proc=new)
+    assert same(env)
+
+
+def test_kill_9_mid_big_transaction_resumes_without_loss_or_doubles(env: Env) -> None:
+    env.source.execute(
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(50) NOT NULL, n INT NOT NULL)",
+        f"CREATE TABLE {env.db}.counter (id INT PRIMARY KEY, hits INT NOT NULL)",
+        f"INSERT INTO {env.db}.counter VALUES (1, 0)",
+    )
+    env.extra = {"apply": {"batch_max_rows": 200}}
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    conn = env.source.connect(autocommit=False)
+    with conn.cursor() as cur:
+        for i in range(40):
+            # many rows events in one transaction: the applier must split it (bounded memory)
+            cur.execute(f"INSERT INTO {env.db}.t VALUES " + ",".join(f"({i * 100 + j}, 'v', {j})" for j in range(100)))
+            cur.execute(f"UPDATE {env.db}.counter SET hits = hits + 1 WHERE id = 1")
+    conn.commit()
+    conn.close()
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+    assert same(env, "counter")
+    assert env.target.execute(f"SELECT hits FROM {env.db}.counter")[0][0] == 40
+
+
+def test_ddl_on_a_replicated_table_stops_with_its_own_exit_code_and_can_be_skipped(env: Env) -> None:
+    simple_table(env)
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    env.source.execute(f"INSERT INTO {env.db}.t VALUES (500, 'before ddl')")
+    env.source.execute(f"ALTER TABLE {env.db}.t ADD COLUMN extra INT NULL")
+    assert proc.wait(30) == EXIT_DDL_STOP
+    assert "ALTER TABLE" in env.daemon_log()
+    assert same(env) is False  # shapes differ now; the row before the DDL is there though
+    assert env.target.execute(f"SELECT v FROM {env.db}.t WHERE id = 500") == [("before ddl",)]
+    # starting again without resolving stops again, with the same code
+    again = env.start_daemon()
+    assert again.wait(30) == EXIT_DDL_STOP
+    shown = env.run_cli("ddl")
+    assert "ALTER TABLE" in shown.stdout
+    resolved = env.run_cli("ddl", "--exec")
+    assert resolved.returncode == 0, resolved.stderr
+    env.source.execute(f"INSERT INTO {env.db}.t VALUES (501, 'after ddl', 7)")
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+
+
+def test_tables_without_a_usable_key_or_not_innodb_are_refused_by_name(env: Env) -> None:
+    env.source.execute(
+        f"CREATE TABLE {env.db}.nokey (a INT NULL, b INT NULL)",
+        f"CREATE TABLE {env.db}.legacy (id INT PRIMARY KEY) ENGINE=MyISAM",
+        f"CREATE TABLE {env.db}.ok (id INT PRIMARY KEY)",
+    )
+    proc = env.start_daemon()
+    assert proc.wait(30) == EXIT_SETUP
+    log = env.daemon_log()
+    assert f"{env.db}.nokey" in log
+    assert f"{env.db}.legacy" in log
+    assert "exclude_tables" in log
+    assert not env.target.execute(f"SHOW DATABASES LIKE '{env.db}'")
+
+
+def test_existing_target_table_of_another_shape_is_refused_naming_the_columns(env: Env) -> None:
+    simple_table(env)
+    env.target.execute(
+        f"CREATE DATABASE {env.db}", f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(10) NOT NULL, w INT)"
+    )
+    proc = env.start_daemon()
+    assert proc.wait(30) == EXIT_SETUP
+    log = env.daemon_log()
+    assert "extra columns w" in log
+    assert "column v is varchar(10)" in log
+    assert env.target.execute(f"SELECT COUNT(*) FROM {env.db}.t") == [(0,)]
+
+
+def test_wrong_password_is_a_clear_error_without_the_password(env: Env) -> None:
+    simple_table(env)
+    env.extra = {"source": {"password": "definitely-wrong-pw"}}
+    proc = env.start_daemon()
+    assert proc.wait(30) == 3
+    log = env.daemon_log()
+    assert "Access denied" in log
+    assert "definitely-wrong-pw" not in log
+    assert "repl-secret-pw" not in log
+
+
+@pytest.fixture
+def statement_source(tmp_path: Path) -> MariaDB:
+    server = MariaDB(tmp_path / "stmt", server_id=303, extra=("--binlog-format=MIXED",))
+    server.start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def test_source_not_in_row_format_is_refused_with_what_to_change(env: Env, statement_source: MariaDB) -> None:
+    env.source = statement_source
+    env.source.execute(f"CREATE DATABASE {env.db}", f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY)")
+    env.source.execute(
+        "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-secret-pw'", "GRANT ALL PRIVILEGES ON *.* TO 'repl'@'%'"
+    )
+    proc = env.start_daemon()
+    assert proc.wait(30) == EXIT_SETUP
+    assert "binlog_format=ROW" in env.daemon_log()
+
+
+def test_dml_logged_as_a_statement_stops_the_daemon(env: Env) -> None:
+    simple_table(env)
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    conn = env.source.connect()
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION binlog_format = 'STATEMENT'")
+        cur.execute(f"UPDATE {env.db}.t SET v = 'stmt' WHERE id = 1")
+    conn.close()
+    assert proc.wait(30) == EXIT_UNCARRYABLE
+    assert "DML logged as a statement" in env.daemon_log()
+    assert env.target.execute(f"SELECT v FROM {env.db}.t WHERE id = 1") == [("v1",)]
