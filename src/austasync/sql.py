@@ -101,7 +101,8 @@ def value_literal(value: object, kind: Kind, charset: str) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, decimal.Decimal):
-        return str(value)
+        # plain notation: an exponent would make the server parse an approximate DOUBLE
+        return format(value, "f")
     if isinstance(value, float):
         # repr round-trips a double exactly; for a FLOAT column the double holds the float32 exactly
         text = repr(value)
