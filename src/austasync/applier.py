@@ -143,8 +143,13 @@ class Applier:
                 images[plan.key(after)] = after
                 self.stats.bytes += _row_size(after)
             self.stats.rows += 1
-        counter = (plan.table.id[1], event.kind)
+        counter = (f"{plan.table.db}.{plan.table.name}", event.kind)
         self.applied_rows[counter] = self.applied_rows.get(counter, 0) + len(event.rows)
+
+    def take_counts(self) -> dict[tuple[str, str], int]:
+        """Rows applied per (table, operation) since the last call, for the metrics."""
+        counts, self.applied_rows = self.applied_rows, {}
+        return counts
 
     def skipped(self, seq: int) -> None:
         self.txn_seq = seq

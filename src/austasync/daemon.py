@@ -14,13 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from austasync import log as logmod
+from austasync import readiness
 from austasync.applier import Applier
 from austasync.binlog.adapter import BinlogReader
 from austasync.config import Config
+from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
 from austasync.copier import SnapshotReader
 from austasync.db import (
     CONNECTION_LOST,
@@ -34,10 +35,13 @@ from austasync.db import (
     variable,
 )
 from austasync.errors import (
+    AustasyncError,
     BinlogPurgedError,
+    ConfigError,
     DdlStop,
     FencedError,
     SetupError,
+    StopError,
     UnavailableError,
     UncarryableValueError,
 )
@@ -52,6 +56,8 @@ from austasync.events import (
     SkippedRows,
     Statement,
 )
+from austasync.httpd import Endpoints, HttpServer
+from austasync.metrics import Metrics
 from austasync.mirror import Mirror
 from austasync.position import Position
 from austasync.schema import (
@@ -63,9 +69,10 @@ from austasync.schema import (
     load_foreign_keys,
     load_tables,
 )
-from austasync.state import CopyCursor, TargetState, connection_id, holder_name
+from austasync.state import Checkpoint, TargetState, connection_id, holder_name
+from austasync.telemetry import Telemetry
 
-ALIVE_TTL_SECONDS = 10.0
+HEALTH_STALL_SECONDS = 30.0
 _DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|LOAD\s+DATA)\b", re.IGNORECASE)
 _DDL = re.compile(
     r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?"
@@ -74,13 +81,6 @@ _DDL = re.compile(
 )
 _IGNORABLE_IN_TXN = re.compile(r"^\s*(SAVEPOINT|RELEASE\s+SAVEPOINT|ROLLBACK\s+TO)\b", re.IGNORECASE)
 _COMMENT = re.compile(r"/\*(?!!).*?\*/|^\s*(--|#)[^\n]*\n", re.DOTALL)
-
-
-@dataclass
-class Throttle:
-    active: bool = False
-    reason: str = ""
-    checked: float = 0.0
 
 
 def check_source(conn: Connection) -> list[str]:
@@ -100,7 +100,11 @@ def check_source(conn: Connection) -> list[str]:
 
 
 class Daemon:
-    """The long-running copy-and-stream process. Inject ``clock`` and ``sleep`` to test timing."""
+    """The long-running copy-and-stream process.
+
+    What talks to the outside is injected or built from ``config``: the clocks (``clock`` for intervals,
+    ``wall`` for timestamps), the metrics registry, the progress stream.
+    """
 
     def __init__(
         self,
@@ -108,24 +112,32 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        progress: Any = None,
+        progress: TextIO | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
-        self.wall = wall
         self.log = logmod.get("austasync.run")
-        self.progress = progress if progress is not None else (sys.stderr if sys.stderr.isatty() else None)
         self._stop = threading.Event()
         self.mirror = Mirror(config.redis, config.replication.name)
         self.state = TargetState(config.replication.state_schema, config.replication.name)
-        self.phase = "starting"
-        self.throttle = Throttle()
-        self.cursors: dict[TableId, CopyCursor] = {}
-        self.source_head: Position | None = None
-        self.last_publish = 0.0
-        self.last_consumed_ts: int | None = None
-        self._conns: list[Any] = []
-        self.ready_callback: Callable[[], None] | None = None
+        self.metrics = metrics or Metrics()
+        self.control = Control()
+        self.telemetry = Telemetry(
+            config,
+            self.mirror,
+            self.metrics,
+            self.log,
+            wall=wall,
+            clock=clock,
+            progress=progress if progress is not None else (sys.stderr if sys.stderr.isatty() else None),
+        )
+        self.metrics.bind_lag(self.telemetry.lag_seconds, self.telemetry.purge_horizon_seconds)
+        self.http: HttpServer | None = None
+        self._conns: list[Connection] = []
+        self.on_ready: Callable[[], None] | None = None
+        self.on_tick: Callable[[], None] | None = None
+        self._last_event_ts: float | None = None
 
     def request_stop(self) -> None:
         """Stop at the next clean point (SIGTERM)."""
@@ -135,10 +147,25 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def progress(self) -> TextIO | None:
+        return self.telemetry.progress
+
     # --- set-up -----------------------------------------------------------------------------------------------
 
     def run(self) -> None:
         """Run until stopped; raises a :class:`StopError` subclass when it must stop at a checkpoint."""
+        self._start_http()
+        try:
+            self._run()
+        except AustasyncError as exc:
+            self.metrics.errors.labels(exc.kind).inc()
+            raise
+        finally:
+            if self.http is not None:
+                self.http.stop()
+
+    def _run(self) -> None:
         self.mirror.ping()
         source = connect(self.config.source, "source")
         setup_source_session(source)
@@ -153,17 +180,33 @@ class Daemon:
                 " replication.databases and the include/exclude lists"
             )
         fks = check_foreign_keys(tables, load_foreign_keys(source, tables))
+        self.telemetry.read_source_settings(source)
         self._acquire_lease()
+        self.metrics.lease_held.set(1)
         try:
             self._run_with_lease(source, tables, fks)
         finally:
+            self.metrics.lease_held.set(0)
             self._close()
             with contextlib.suppress(Exception):  # Redis down at exit: the lease expires by itself
                 self.mirror.release_lease()
 
+    def _start_http(self) -> None:
+        host, port = self.config.http.host_port
+        endpoints = Endpoints(
+            registry=self.metrics.registry, health=self.health, ready=self.readiness, control=self.control.call
+        )
+        try:
+            self.http = HttpServer(host, port, endpoints)
+        except OSError as exc:
+            raise ConfigError(f"http.listen {self.config.http.listen}: cannot listen ({exc.strerror})") from None
+        self.http.start()
+        self.log.info("http listening", address="{}:{}".format(*self.http.address))
+
     def _acquire_lease(self) -> None:
         def waiting(holder: str) -> None:
             self.log.info("lease held by another daemon; waiting", holder=holder)
+            self.telemetry.loop_tick = self.clock()  # waiting for the lease is a healthy state
 
         got = self.mirror.acquire_lease(
             holder_name(),
@@ -183,24 +226,13 @@ class Daemon:
         setup_target_session(writer)
         self.state.ensure_schema(writer)
         generation = self.state.take_over(writer, [connection_id(writer), connection_id(admin)])
+        self.telemetry.generation = generation
         self.log.info("fenced the target", generation=generation)
-        checkpoint = self.state.load(writer)
-        if checkpoint is not None and checkpoint.pending_stop:
-            raise DdlStop(_ddl_message(checkpoint.pending_stop))
-        created = ensure_target(source, admin, self.config, tables)
-        if created:
-            self.log.info("created target tables", count=created)
-        if checkpoint is None:
-            p0 = _master_position(source)
-            self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
-            self.log.info("persisted P0; the stream starts here", p0=str(p0))
-            checkpoint = self.state.load(writer)
-            if checkpoint is None:
-                raise UnavailableError("the state row written a moment ago is not in the target; is it read-only?")
-        else:
-            self.state.add_tables(writer, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
+        checkpoint = self._load_checkpoint(source, admin, writer, tables)
         _check_binlog_available(source, checkpoint.position)
-        self.cursors = {(c.db, c.table): c for c in self.state.cursors(writer) if (c.db, c.table) in tables}
+        for cursor in self.state.cursors(writer):
+            if (cursor.db, cursor.table) in tables:
+                self.telemetry.set_cursor(cursor)
         applier = Applier(
             writer,
             self.state,
@@ -219,21 +251,27 @@ class Daemon:
             heartbeat_seconds=self.config.replication.heartbeat_seconds,
             read_timeout_seconds=self.config.replication.read_timeout_seconds,
         )
+        self.telemetry.applier, self.telemetry.reader = applier, reader
         reader.start()
-        snapshot = SnapshotReader(self.config.source) if any(not c.done for c in self.cursors.values()) else None
-        self.phase = "copying" if snapshot else "streaming"
-        applier.phase = self.phase
+        copying = any(not c.done for c in self.telemetry.cursors.values())
+        snapshot = SnapshotReader(self.config.source) if copying else None
+        self.telemetry.set_phase("copying" if snapshot else "streaming")
+        applier.phase = self.telemetry.phase
         self.log.info(
             "started",
             position=str(checkpoint.position),
             skip_events=checkpoint.skip_events,
-            phase=self.phase,
+            phase=self.telemetry.phase,
             tables=len(tables),
         )
-        if self.ready_callback:
-            self.ready_callback()
+        if self.on_ready:
+            self.on_ready()
         try:
             self._loop(source, applier, reader, snapshot, tables)
+        except StopError as exc:
+            applier.rollback()
+            self._record_stop(applier, exc)
+            raise
         except BaseException:
             applier.rollback()
             raise
@@ -242,11 +280,86 @@ class Daemon:
             if snapshot:
                 snapshot.close()
 
+    def _load_checkpoint(
+        self, source: Connection, admin: Connection, writer: Connection, tables: dict[TableId, Table]
+    ) -> Checkpoint:
+        checkpoint = self.state.load(writer)
+        if checkpoint is not None and checkpoint.pending_stop:
+            stop = checkpoint.pending_stop
+            if stop.get("kind", "ddl_stop") == "ddl_stop":
+                self.telemetry.pending_stop = stop
+                self.telemetry.set_phase("stopped_ddl")
+                self.telemetry.publish(force=True)
+                raise DdlStop(_ddl_message(stop))
+            # another stop recorded by the previous run: the operator restarted on purpose; it recurs if real
+            self.log.warning("clearing the previous run's stop", stop=stop)
+            self.state.check_fence(writer)
+            self.state.save_stop(writer, None)
+            query(writer, "COMMIT")
+        created = ensure_target(source, admin, self.config, tables)
+        if created:
+            self.log.info("created target tables", count=created)
+        if checkpoint is None:
+            p0 = _master_position(source)
+            self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
+            self.log.info("persisted P0; the stream starts here", p0=str(p0))
+            checkpoint = self.state.load(writer)
+            if checkpoint is None:
+                raise UnavailableError("the state row written a moment ago is not in the target; is it read-only?")
+        else:
+            self.state.add_tables(writer, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
+        self._republish_verification(writer)
+        return checkpoint
+
+    def _republish_verification(self, writer: Connection) -> None:
+        """Redis may have restarted empty: the target's record of the last verification is the truth."""
+        recorded = self.state.last_verification(writer)
+        if recorded is not None and self.mirror.verification() is None:
+            self.mirror.publish_verification(recorded)
+            self.log.info("republished the last verification from the target")
+
+    def _record_stop(self, applier: Applier, exc: StopError) -> None:
+        """Keep a fatal stop in the target (and Redis) so the gate stays not-ready across restarts of Redis."""
+        stop = {"kind": exc.kind, "message": str(exc)[:2000], "position": str(applier.committed)}
+        self.telemetry.pending_stop = stop
+        self.telemetry.set_phase("stopped_ddl" if isinstance(exc, DdlStop) else "stopped_error")
+        if not isinstance(exc, DdlStop | FencedError):
+            with contextlib.suppress(Exception):  # best effort: the connection may be the reason we stop
+                self.state.check_fence(applier.conn)
+                self.state.save_stop(applier.conn, stop)
+                query(applier.conn, "COMMIT")
+        self.telemetry.publish(force=True)
+
     def _close(self) -> None:
         for conn in self._conns:
             with contextlib.suppress(Exception):  # closing on the way out; the server cleans up
                 conn.close()
         self._conns = []
+
+    # --- health -----------------------------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive and turning: the loop ticked recently and the binlog reader thread runs."""
+        age = self.clock() - self.telemetry.loop_tick
+        reader = self.telemetry.reader
+        reader_alive = reader is None or reader.alive
+        ok = age < HEALTH_STALL_SECONDS and reader_alive
+        return ok, {
+            "ok": ok,
+            "loop_age_seconds": round(age, 1),
+            "reader_alive": reader_alive,
+            "phase": self.telemetry.phase,
+        }
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        try:
+            verification = self.mirror.verification()
+        except Exception:  # noqa: BLE001 (Redis down: the gate reports no verification, hence not ready)
+            verification = None
+        alive, _ = self.health()
+        checks = readiness.evaluate(self.telemetry.status_doc(), verification, alive=alive, now=self.telemetry.wall())
+        ok = readiness.is_ready(checks)
+        return ok, {"ready": ok, "checks": [c.as_dict() for c in checks]}
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -258,7 +371,7 @@ class Daemon:
         snapshot: SnapshotReader | None,
         tables: dict[TableId, Table],
     ) -> None:
-        """The one long loop: housekeeping, a copy round when due, then stream events into batches.
+        """The one long loop: housekeeping, control requests, a copy round when due, then stream into batches.
 
         Every exit path leaves the target at a committed checkpoint: a SIGTERM commits the open batch (a split
         big transaction records how many of its events are applied), a stop raises after its checkpoint.
@@ -266,12 +379,14 @@ class Daemon:
         limits = self.config.apply
         while not self.stopping:
             self._housekeeping(source, applier)
-            if snapshot is not None and not applier.in_txn and not self.throttle.active:
+            if not applier.in_txn:
+                self._serve_control(applier, reader, source)
+            if snapshot is not None and not applier.in_txn and not self.telemetry.throttle.active:
                 if self._copy_round(applier, reader, snapshot, tables):
                     snapshot.close()
                     snapshot = None
-                    self.phase = "streaming"
-                    applier.commit(phase=self.phase)
+                    self.telemetry.set_phase("streaming")
+                    applier.commit(phase="streaming")
                     self.log.info("copy complete; streaming")
                 continue
             event = _next(reader, timeout=min(0.2, limits.batch_max_seconds))
@@ -282,9 +397,10 @@ class Daemon:
             self._handle(event, applier)
             if self._batch_full(applier):
                 self._commit(applier)
-        applier.commit()
+        self.telemetry.set_phase("stopping")
+        self._commit(applier)
         self.log.info("stopped at a clean checkpoint", position=str(applier.committed), skip_events=applier.skip_events)
-        self._publish(applier, force=True)
+        self.telemetry.publish(force=True)
 
     def _batch_full(self, applier: Applier) -> bool:
         limits = self.config.apply
@@ -299,10 +415,15 @@ class Daemon:
         )
 
     def _commit(self, applier: Applier) -> None:
-        rows, txns = applier.stats.rows, applier.stats.transactions
-        started = applier.stats.started
-        position = applier.commit(phase=self.phase)
-        if rows:
+        rows, txns, started = applier.stats.rows, applier.stats.transactions, applier.stats.started
+        begun = self.clock()
+        position = applier.commit(phase=self.telemetry.phase)
+        if rows or txns:
+            self.metrics.batch_rows.observe(rows)
+            self.metrics.batch_seconds.observe(self.clock() - begun)
+            self.metrics.applied_transactions.inc(txns)
+            for (table, operation), count in applier.take_counts().items():
+                self.metrics.applied_rows.labels(table, operation).inc(count)
             self.log.debug(
                 "batch applied",
                 rows=rows,
@@ -310,14 +431,21 @@ class Daemon:
                 position=str(position),
                 seconds=round(self.clock() - started, 3),
             )
+        self.metrics.last_checkpoint.set(self.telemetry.wall())
+        if not applier.in_txn:
+            self.telemetry.pending_since_ts = None
+            if self._last_event_ts is not None:
+                self.telemetry.last_applied_ts = self._last_event_ts
 
     def _handle(self, event: Event, applier: Applier) -> None:
-        if isinstance(event, Rows):
-            self.last_consumed_ts = event.timestamp
-            applier.rows(event)
-        elif isinstance(event, Commit):
-            self.last_consumed_ts = event.timestamp
-            applier.commit_seen(event.position, event.timestamp)
+        if isinstance(event, Rows | Commit):
+            if self.telemetry.pending_since_ts is None:
+                self.telemetry.pending_since_ts = float(event.timestamp)
+            self._last_event_ts = float(event.timestamp)
+            if isinstance(event, Rows):
+                applier.rows(event)
+            else:
+                applier.commit_seen(event.position, event.timestamp)
         elif isinstance(event, Begin):
             applier.begin(event.start)
         elif isinstance(event, SkippedRows):
@@ -325,7 +453,7 @@ class Daemon:
         elif isinstance(event, Boundary):
             applier.boundary(event.position)
         elif isinstance(event, Heartbeat):
-            self.source_head = event.position
+            self.metrics.source_heartbeat.set(self.telemetry.wall())
         elif isinstance(event, Statement):
             self._statement(event, applier)
         elif isinstance(event, ReaderFailed):
@@ -337,16 +465,13 @@ class Daemon:
         text = _COMMENT.sub("", event.query).strip()
         replicated = self._mentions_replicated(event.schema, text)
         if event.in_transaction:
-            if _IGNORABLE_IN_TXN.match(text):
+            if _IGNORABLE_IN_TXN.match(text) or not (_DML.match(text) and replicated):
                 return
-            if _DML.match(text) and replicated:
-                applier.rollback()
-                raise UncarryableValueError(
-                    f"DML logged as a statement at {event.position} (schema {event.schema}): {text[:200]!r}."
-                    " It cannot be applied exactly; the session ran with binlog_format other than ROW."
-                    " Fix the source and re-copy the affected tables"
-                )
-            return
+            raise UncarryableValueError(
+                f"DML logged as a statement at {event.position} (schema {event.schema}): {text[:200]!r}."
+                " It cannot be applied exactly; the session ran with binlog_format other than ROW."
+                " Fix the source and re-copy the affected tables"
+            )
         if _DML.match(text) and replicated:
             raise UncarryableValueError(
                 f"DML logged as a statement at {event.position}: {text[:200]!r}; cannot be applied exactly"
@@ -359,17 +484,21 @@ class Daemon:
             self.log.warning("DDL ignored by policy", statement=text[:500], position=str(event.position))
             applier.boundary(event.position)
             return
-        applier.commit(phase=self.phase)
-        stop = {"statement": event.query, "schema": event.schema, "start": str(event.start), "end": str(event.position)}
+        self._commit(applier)
         if policy == "exec":
             raise UncarryableValueError(
                 'on_ddl = "exec" is not implemented in this version; use "stop" and resolve with `austasync ddl`'
             )
+        stop = {
+            "kind": "ddl_stop",
+            "statement": event.query,
+            "schema": event.schema,
+            "start": str(event.start),
+            "end": str(event.position),
+        }
         self.state.check_fence(applier.conn)
         self.state.save_stop(applier.conn, stop)
         query(applier.conn, "COMMIT")
-        self.phase = "stopped_ddl"
-        self._publish(applier, force=True)
         raise DdlStop(_ddl_message(stop))
 
     def _mentions_replicated(self, schema: str, text: str) -> bool:
@@ -379,18 +508,59 @@ class Daemon:
         lowered = text.lower()
         return any(f"{db.lower()}." in lowered or f"`{db.lower()}`" in lowered for db in dbs)
 
+    # --- control requests: the verification barrier -----------------------------------------------------------
+
+    def _serve_control(self, applier: Applier, reader: BinlogReader, source: Connection) -> None:
+        request = self.control.next()
+        if request is None:
+            return
+        if request.command != "barrier/pause":
+            request.answer(409, {"error": "the applier is not paused; POST /control/barrier/pause first"})
+            return
+        self._commit(applier)
+        request.answer(200, {"position": str(applier.committed)})
+        self.log.info("barrier: paused", position=str(applier.committed))
+        deadline = self.clock() + AUTO_RELEASE_SECONDS
+        while self.clock() < deadline and not self.stopping:
+            self._housekeeping(source, applier)
+            request = self.control.next(timeout=0.1)
+            if request is None:
+                continue
+            if request.command == "barrier/release":
+                request.answer(200, {"position": str(applier.committed)})
+                self.log.info("barrier: released", position=str(applier.committed))
+                return
+            if request.command == "barrier/pause":
+                request.answer(200, {"position": str(applier.committed)})
+                continue
+            self._barrier_advance(request, applier, reader)
+        self.log.warning("barrier: released automatically", seconds=AUTO_RELEASE_SECONDS)
+
+    def _barrier_advance(self, request: Request, applier: Applier, reader: BinlogReader) -> None:
+        try:
+            target = Position.parse(str(request.body.get("position", "")))
+        except ValueError:
+            request.answer(400, {"error": 'body must be {"position": "file:pos"}'})
+            return
+        if target < applier.committed:
+            request.answer(409, {"error": f"the applier is already past {target} (at {applier.committed})"})
+            return
+        if self._advance_to(target, applier, reader):
+            request.answer(200, {"position": str(applier.committed)})
+        else:
+            request.answer(503, {"error": "stopping"})
+
     # --- bulk copy at the barrier (rule 7) --------------------------------------------------------------------
 
     def _copy_round(
         self, applier: Applier, reader: BinlogReader, snapshot: SnapshotReader, tables: dict[TableId, Table]
     ) -> bool:
         """Copy chunks in one snapshot; True once every table is copied."""
-        pending = [c for c in self.cursors.values() if not c.done]
+        pending = [c for c in self.telemetry.cursors.values() if not c.done]
         if not pending:
             return True
-        applier.commit(phase=self.phase)
-        round_tables = [tables[(c.db, c.table)] for c in pending]
-        position = snapshot.open_snapshot(round_tables)
+        self._commit(applier)
+        position = snapshot.open_snapshot([tables[(c.db, c.table)] for c in pending])
         try:
             if not self._advance_to(position, applier, reader):
                 return False
@@ -402,8 +572,9 @@ class Daemon:
                     table = tables[(cursor.db, cursor.table)]
                     chunk = snapshot.read_chunk(table, cursor.cursor, self.config.copy.chunk_rows)
                     new = applier.write_chunk(table, cursor, chunk.rows, chunk.last_key, chunk.is_last)
-                    applier.commit(phase=self.phase)
-                    self.cursors[(cursor.db, cursor.table)] = new
+                    applier.commit(phase=self.telemetry.phase)
+                    self.telemetry.set_cursor(new)
+                    self.metrics.copied_rows.inc(len(chunk.rows))
                     copied += len(chunk.rows)
                     self.log.info(
                         "chunk copied",
@@ -413,13 +584,13 @@ class Daemon:
                         done=new.done,
                         at=str(position),
                     )
-                    pending = [c for c in self.cursors.values() if not c.done]
+                    pending = [c for c in self.telemetry.cursors.values() if not c.done]
                     self._rate_limit(copied, started)
                     if self.clock() >= budget:
                         break
         finally:
             snapshot.close_snapshot()
-        self._publish(applier)
+        self.telemetry.publish()
         return not pending
 
     def _rate_limit(self, copied: int, started: float) -> None:
@@ -436,6 +607,7 @@ class Daemon:
             if self.stopping:
                 return False
             event = _next(reader, timeout=0.2)
+            self.telemetry.loop_tick = self.clock()
             if event is None:
                 continue
             self._handle(event, applier)
@@ -446,20 +618,24 @@ class Daemon:
                 f"the stream passed the snapshot position {position} without stopping on it (now at"
                 f" {applier.position}); refusing to copy a chunk at the wrong point"
             )
-        applier.commit(phase=self.phase)
+        self._commit(applier)
         return True
 
     # --- housekeeping -----------------------------------------------------------------------------------------
 
     def _housekeeping(self, source: Connection, applier: Applier) -> None:
-        now = self.clock()
-        if now - self.throttle.checked >= self.config.throttle.check_interval_seconds:
-            self.throttle.checked = now
+        self.telemetry.loop_tick = self.clock()
+        if self.on_tick:
+            self.on_tick()
+        throttle = self.telemetry.throttle
+        if self.clock() - throttle.checked >= self.config.throttle.check_interval_seconds:
+            throttle.checked = self.clock()
             self._check_throttle(source)
+            self.telemetry.refresh_source(source)
             if not self.mirror.renew_lease(self.config.replication.lease_seconds):
                 raise FencedError("lost the migration's lease to another daemon; stopping without writing")
-        if now - self.last_publish >= 1.0:
-            self._publish(applier)
+        if self.telemetry.publish_due():
+            self.telemetry.publish()
 
     def _check_throttle(self, source: Connection) -> None:
         limit = self.config.throttle.max_threads_running
@@ -468,57 +644,15 @@ class Daemon:
             running = int(status(source, "Threads_running") or 0)
             if running > limit:
                 reason = f"source Threads_running {running} > {limit}"
-        lag = self.lag_seconds
-        if not reason and lag is not None and lag > self.config.throttle.max_lag_seconds:
+        lag = self.telemetry.lag_seconds()
+        if not reason and lag > self.config.throttle.max_lag_seconds:
             reason = f"apply lag {lag:.0f}s > {self.config.throttle.max_lag_seconds:.0f}s"
-        if reason != self.throttle.reason:
+        throttle = self.telemetry.throttle
+        if reason != throttle.reason:
             self.log.info("throttle", active=bool(reason), reason=reason)
-        self.throttle.active = bool(reason)
-        self.throttle.reason = reason
-
-    @property
-    def lag_seconds(self) -> float:
-        applier = getattr(self, "_applier_ref", None)
-        ts = None
-        if applier is not None and applier.stats.oldest_timestamp is not None:
-            ts = applier.stats.oldest_timestamp
-        if ts is None:
-            return 0.0
-        return max(0.0, self.wall() - float(ts))
-
-    def _publish(self, applier: Applier, force: bool = False) -> None:
-        self._applier_ref = applier
-        self.last_publish = self.clock()
-        tables = {
-            f"{c.db}.{c.table}": {"rows_copied": c.rows_copied, "rows_estimated": c.rows_estimated, "done": c.done}
-            for c in self.cursors.values()
-        }
-        doc = {
-            "phase": self.phase,
-            "position": str(applier.committed),
-            "skip_events": applier.skip_events,
-            "source_head": str(self.source_head) if self.source_head else None,
-            "lag_seconds": round(self.lag_seconds, 3),
-            "tables": tables,
-            "throttle": {"active": self.throttle.active, "reason": self.throttle.reason},
-            "holder": holder_name(),
-            "generation": self.state.generation,
-            "updated_at": self.wall(),
-        }
-        try:
-            self.mirror.publish(doc, ALIVE_TTL_SECONDS)
-        except Exception as exc:  # noqa: BLE001 (Redis is a mirror: losing it must not stop replication)
-            if force:
-                self.log.warning("could not publish status to Redis", error=type(exc).__name__)
-        if self.progress is not None:
-            done = sum(1 for c in self.cursors.values() if c.done)
-            copied = sum(c.rows_copied for c in self.cursors.values())
-            self.progress.write(
-                f"\r{self.phase:<10} tables {done}/{len(self.cursors)} rows copied {copied:>10}"
-                f" position {applier.committed} lag {self.lag_seconds:5.1f}s "
-                f"{'THROTTLED: ' + self.throttle.reason if self.throttle.active else '':<40}"
-            )
-            self.progress.flush()
+            self.metrics.set_throttle(reason)
+        throttle.active = bool(reason)
+        throttle.reason = reason
 
 
 def _next(reader: BinlogReader, timeout: float) -> Event | None:

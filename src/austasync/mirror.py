@@ -8,6 +8,7 @@ Keys, for ``<p>`` = ``<key_prefix>:<migration>``:
 - ``<p>:lease``   token of the daemon that holds the migration (PX expiry, renewed by the apply loop)
 - ``<p>:alive``   present while the daemon's loop turns (short TTL)
 - ``<p>:status``  JSON: phase, position, lag, copy progress per table, throttle, holder, updated_at
+- ``<p>:verify``  JSON: the last verification's summary (also kept in the target's state row)
 """
 
 from __future__ import annotations
@@ -108,6 +109,14 @@ class Mirror:
         pipe.set(self.key("status"), json.dumps(status, default=str))
         pipe.set(self.key("alive"), str(time.time()), px=int(alive_ttl_seconds * 1000))
         pipe.execute()
+
+    def publish_verification(self, doc: dict[str, Any]) -> None:
+        """The last verification's summary (``consistent``, ``finished_at``, ``drift_rows``...), for the gate."""
+        self.client.set(self.key("verify"), json.dumps(doc, default=str))
+
+    def verification(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.key("verify"))
+        return json.loads(str(raw)) if raw else None
 
     def status(self) -> dict[str, Any] | None:
         raw = self.client.get(self.key("status"))

@@ -213,6 +213,19 @@ class TargetState:
             (json.dumps(stop) if stop else None, self.migration),
         )
 
+    def save_verification(self, conn: Connection, doc: dict[str, Any]) -> None:
+        """The last verification's summary, kept in the target so a Redis restart does not forget it."""
+        query(
+            conn,
+            f"UPDATE {self.schema}.state SET last_verify = %s WHERE migration = %s",
+            (json.dumps(doc, default=str), self.migration),
+        )
+
+    def last_verification(self, conn: Connection) -> dict[str, Any] | None:
+        rows = query(conn, f"SELECT last_verify FROM {self.schema}.state WHERE migration = %s", (self.migration,))
+        query(conn, "COMMIT")
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+
     def cursors(self, conn: Connection) -> list[CopyCursor]:
         rows = query(
             conn,

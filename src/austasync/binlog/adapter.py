@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -203,6 +204,7 @@ class BinlogReader:
         self._heartbeat = heartbeat_seconds
         self._thread = threading.Thread(target=self._run, name="binlog-reader", daemon=True)
         self._stream: BinLogStreamReader | None = None
+        self.last_event_wall = time.time()
 
     def start(self) -> None:
         self._thread.start()
@@ -214,10 +216,15 @@ class BinlogReader:
             with contextlib.suppress(Exception):  # closing a socket another thread reads from may fail; we exit anyway
                 stream.close()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
     def _put(self, event: Event) -> None:
+        self.last_event_wall = time.time()  # liveness of the stream, for the lag computed at scrape time
         while not self._stop.is_set():
             try:
                 self.events.put(event, timeout=0.2)

@@ -1,0 +1,205 @@
+"""What the daemon tells the world: lag, purge horizon, bytes behind, the status document, the progress line.
+
+Lag is computed when asked (a scrape, a publish), from what the loop has and has not committed, so a dead loop
+or a dead stream can never leave a stale "caught up": without events or heartbeats from the source for a few
+heartbeat periods, the lag grows with the silence.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from austasync.applier import Applier
+from austasync.binlog.adapter import BinlogReader
+from austasync.config import Config
+from austasync.db import Connection, query, variable
+from austasync.metrics import Metrics
+from austasync.mirror import Mirror
+from austasync.position import Position
+from austasync.schema import TableId
+from austasync.state import CopyCursor, holder_name
+
+ALIVE_TTL_SECONDS = 10.0
+SOURCE_REFRESH_SECONDS = 2.0
+
+
+@dataclass
+class Throttle:
+    active: bool = False
+    reason: str = ""
+    checked: float = 0.0
+
+
+@dataclass
+class Telemetry:
+    config: Config
+    mirror: Mirror
+    metrics: Metrics
+    log: Any
+    wall: Callable[[], float] = time.time
+    clock: Callable[[], float] = time.monotonic
+    progress: TextIO | None = None
+    phase: str = "starting"
+    throttle: Throttle = field(default_factory=Throttle)
+    cursors: dict[TableId, CopyCursor] = field(default_factory=dict)
+    applier: Applier | None = None
+    reader: BinlogReader | None = None
+    source_head: Position | None = None
+    binlog_files: list[tuple[str, int]] = field(default_factory=list)
+    expire_seconds: float = math.inf
+    last_applied_ts: float | None = None
+    pending_since_ts: float | None = None
+    pending_stop: dict[str, Any] | None = None
+    foreign_writes: int = 0
+    generation: int | None = None
+    last_publish: float = 0.0
+    last_source_refresh: float = 0.0
+    loop_tick: float = field(default_factory=time.monotonic)
+
+    # --- computed at read time ---------------------------------------------------------------------------------
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest source change not committed on the target; 0 when everything read is applied."""
+        now = self.wall()
+        lag = 0.0
+        if self.pending_since_ts is not None:
+            lag = max(lag, now - self.pending_since_ts)
+        reader = self.reader
+        if reader is not None:
+            head = _peek_timestamp(reader)
+            if head is not None:
+                lag = max(lag, now - head)
+            # a silent stream is not a caught-up stream: heartbeats arrive every heartbeat_seconds when idle
+            silence = now - reader.last_event_wall
+            grace = 3 * self.config.replication.heartbeat_seconds + 1.0
+            if silence > grace:
+                lag = max(lag, silence)
+        return max(0.0, lag)
+
+    def purge_horizon_seconds(self) -> float:
+        """Seconds until the source may purge the binlog file the checkpoint needs (conservative)."""
+        if math.isinf(self.expire_seconds) or self.applier is None:
+            return math.inf
+        committed = self.applier.committed
+        if self.source_head is None or committed.file == self.source_head.file:
+            return self.expire_seconds
+        # the file was last written after the last event we applied from it: its age is at most this
+        written = self.last_applied_ts or self.wall()
+        return self.expire_seconds - (self.wall() - written)
+
+    def bytes_behind(self) -> int:
+        if self.applier is None or self.source_head is None:
+            return 0
+        committed, head = self.applier.committed, self.source_head
+        if committed.file == head.file:
+            return max(0, head.pos - committed.pos)
+        total, counting = 0, False
+        for name, size in self.binlog_files:
+            if name == committed.file:
+                counting = True
+                total += size - committed.pos
+            elif name == head.file:
+                total += head.pos
+                break
+            elif counting:
+                total += size
+        return max(0, total)
+
+    # --- refreshed by the loop -------------------------------------------------------------------------------
+
+    def read_source_settings(self, source: Connection) -> None:
+        seconds = variable(source, "binlog_expire_logs_seconds")
+        days = variable(source, "expire_logs_days")
+        expire = float(seconds or 0) or float(days or 0) * 86400
+        self.expire_seconds = expire if expire > 0 else math.inf
+
+    def refresh_source(self, source: Connection) -> None:
+        now = self.clock()
+        if now - self.last_source_refresh < SOURCE_REFRESH_SECONDS:
+            return
+        self.last_source_refresh = now
+        rows = query(source, "SHOW BINARY LOGS")
+        self.binlog_files = [(str(r[0]), int(r[1])) for r in rows]
+        if rows:
+            self.source_head = Position(str(rows[-1][0]), int(rows[-1][1]))
+        self.metrics.bytes_behind.set(self.bytes_behind())
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.metrics.phase.state(phase)
+
+    def set_cursor(self, cursor: CopyCursor) -> None:
+        self.cursors[(cursor.db, cursor.table)] = cursor
+        self.metrics.set_copy(f"{cursor.db}.{cursor.table}", cursor.rows_copied, cursor.rows_estimated, cursor.done)
+
+    # --- publishing -------------------------------------------------------------------------------------------
+
+    def status_doc(self) -> dict[str, Any]:
+        applier = self.applier
+        return {
+            "phase": self.phase,
+            "position": str(applier.committed) if applier else None,
+            "skip_events": applier.skip_events if applier else 0,
+            "source_head": str(self.source_head) if self.source_head else None,
+            "lag_seconds": round(self.lag_seconds(), 3),
+            "bytes_behind": self.bytes_behind(),
+            "purge_horizon_seconds": _finite(self.purge_horizon_seconds()),
+            "tables": {
+                f"{c.db}.{c.table}": {
+                    "rows_copied": c.rows_copied,
+                    "rows_estimated": c.rows_estimated,
+                    "done": c.done,
+                }
+                for c in self.cursors.values()
+            },
+            "throttle": {"active": self.throttle.active, "reason": self.throttle.reason},
+            "foreign_writes": self.foreign_writes,
+            "pending_stop": self.pending_stop,
+            "holder": holder_name(),
+            "generation": self.generation,
+            "updated_at": self.wall(),
+        }
+
+    def publish(self, force: bool = False) -> None:
+        self.last_publish = self.clock()
+        doc = self.status_doc()
+        try:
+            self.mirror.publish(doc, ALIVE_TTL_SECONDS)
+        except Exception as exc:  # noqa: BLE001 (Redis is a mirror: losing it must not stop replication)
+            if force:
+                self.log.warning("could not publish status to Redis", error=type(exc).__name__)
+        if self.progress is not None:
+            self._progress_line(doc)
+
+    def publish_due(self) -> bool:
+        return self.clock() - self.last_publish >= 1.0
+
+    def _progress_line(self, doc: dict[str, Any]) -> None:
+        assert self.progress is not None  # noqa: S101 (checked by the caller)
+        done = sum(1 for c in self.cursors.values() if c.done)
+        copied = sum(c.rows_copied for c in self.cursors.values())
+        throttle = "THROTTLED: " + self.throttle.reason if self.throttle.active else ""
+        self.progress.write(
+            f"\r{self.phase:<10} tables {done}/{len(self.cursors)}  rows copied {copied:>10}"
+            f"  at {doc['position']}  lag {doc['lag_seconds']:6.1f}s  {throttle:<45}"
+        )
+        self.progress.flush()
+
+
+def _peek_timestamp(reader: BinlogReader) -> float | None:
+    """Timestamp of the oldest event waiting in the reader's queue (a read-only peek under its lock)."""
+    events = reader.events
+    with events.mutex:
+        for event in events.queue:
+            ts = getattr(event, "timestamp", None)
+            if ts:
+                return float(ts)
+    return None
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else round(value, 1)
