@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -12,7 +13,7 @@ import click
 import pymysql
 import redis
 
-from austasync import __version__
+from austasync import __version__, readiness
 from austasync import config as configmod
 from austasync import log as logmod
 from austasync.errors import (
@@ -154,6 +155,48 @@ def status(config_path: str, as_json: bool) -> None:
     for name, info in sorted((doc.get("tables") or {}).items()):
         mark = "done" if info["done"] else "copying"
         click.echo(f"  {name:<50} {info['rows_copied']:>12} / ~{info['rows_estimated']:<12} {mark}")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print every check and its value as JSON.")
+@click.option("--max-lag-seconds", type=float, default=readiness.DEFAULT_MAX_LAG_SECONDS, show_default=True)
+@click.option(
+    "--max-verify-age-seconds", type=float, default=readiness.DEFAULT_MAX_VERIFY_AGE_SECONDS, show_default=True
+)
+def ready(config_path: str, as_json: bool, max_lag_seconds: float, max_verify_age_seconds: float) -> None:
+    """Is it safe to start the cutover procedure now? Reads Redis only (no database credentials needed).
+
+    Exit 0 ready, 1 not ready (the reasons, one per line), 3 unknown (the state cannot be read).
+    """
+    from austasync.mirror import Mirror  # noqa: PLC0415
+
+    cfg = _load(config_path)
+    try:
+        mirror = Mirror(cfg.redis, cfg.replication.name)
+        status_doc, verification, alive = mirror.status(), mirror.verification(), mirror.alive()
+    except (redis.RedisError, OSError) as exc:
+        doc = {"ready": None, "error": f"cannot read the state from Redis: {type(exc).__name__}"}
+        click.echo(json.dumps(doc) if as_json else f"unknown: {doc['error']}")
+        sys.exit(EXIT_UNAVAILABLE)
+    checks = readiness.evaluate(
+        status_doc,
+        verification,
+        alive=alive,
+        now=time.time(),
+        max_lag_seconds=max_lag_seconds,
+        max_verify_age_seconds=max_verify_age_seconds,
+    )
+    ok = readiness.is_ready(checks)
+    if as_json:
+        click.echo(json.dumps({"ready": ok, "checks": [c.as_dict() for c in checks]}, default=str))
+    elif ok:
+        click.echo("ready")
+    else:
+        for check in checks:
+            if not check.ok:
+                click.echo(f"{check.name}: {check.reason}")
+    sys.exit(EXIT_OK if ok else EXIT_FAILURE)
 
 
 @main.command()

@@ -1,0 +1,196 @@
+"""Lag and drift you can see: /metrics, /healthz, /ready, the verification barrier and the `ready` gate."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from austasync.metrics import REFERENCE
+from conftest import Env
+from servers import free_port
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def http(env: Env, path: str, body: dict[str, Any] | None = None, timeout: float = 30) -> tuple[int, str]:
+    port = env.extra["http"]["listen"].rsplit(":", 1)[1]
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http on loopback only)
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)"
+    match = re.search(r"^" + pattern + r"$", text, re.MULTILINE)
+    assert match, f"{name}{{{labels}}} not exported"
+    return float(match.group(1))
+
+
+def start(env: Env) -> subprocess.Popen[bytes]:
+    env.extra.setdefault("http", {})["listen"] = f"127.0.0.1:{free_port()}"
+    env.source.execute(
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(20))",
+        f"INSERT INTO {env.db}.t VALUES " + ",".join(f"({i}, 'v')" for i in range(1, 301)),
+    )
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    return proc
+
+
+def test_metrics_export_every_documented_metric_and_pass_promtool(env: Env) -> None:
+    start(env)
+    code, text = http(env, "/metrics")
+    assert code == 200
+    for name, _kind, _labels, _meaning in REFERENCE:
+        # counters carry _total on their samples, not on their TYPE line
+        assert re.search(rf"^# TYPE {re.escape(name.removesuffix('_total'))} ", text, re.MULTILINE), name
+    assert metric(text, "austasync_copy_done", f'table="{env.db}.t"') == 1
+    assert metric(text, "austasync_copy_rows", f'table="{env.db}.t"') == 300
+    assert metric(text, "austasync_phase", 'austasync_phase="streaming"') == 1
+    assert metric(text, "austasync_lease_held") == 1
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: .ci/run installs the Debian package prometheus"
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_metrics_reference_in_the_readme_matches_what_the_daemon_exports() -> None:
+    readme = README.read_text()
+    section = readme.split("### Metrics reference", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(austasync_\w+)` \|", section, re.MULTILINE))
+    assert documented == {name for name, *_ in REFERENCE}
+
+
+def test_applied_rows_are_counted_by_table_and_operation(env: Env) -> None:
+    start(env)
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'w' WHERE id <= 10", f"DELETE FROM {env.db}.t WHERE id > 295")
+    env.wait_caught_up()
+    _, text = http(env, "/metrics")
+    assert metric(text, "austasync_applied_rows_total", f'operation="update",table="{env.db}.t"') == 10
+    assert metric(text, "austasync_applied_rows_total", f'operation="delete",table="{env.db}.t"') == 5
+
+
+def test_lag_rises_while_the_applier_is_held_with_a_backlog_and_returns_near_zero(env: Env) -> None:
+    start(env)
+    _, text = http(env, "/metrics")
+    assert metric(text, "austasync_replication_lag_seconds") < 2
+    code, body = http(env, "/control/barrier/pause", {})
+    assert code == 200, body
+    for i in range(5):
+        env.source.execute(f"UPDATE {env.db}.t SET v = 'x{i}' WHERE id = 1")
+        time.sleep(1)
+    _, text = http(env, "/metrics")
+    assert metric(text, "austasync_replication_lag_seconds") >= 3
+    assert metric(text, "austasync_source_binlog_bytes_behind") > 0
+    http(env, "/control/barrier/release", {})
+    env.wait_caught_up()
+    time.sleep(1.5)
+    _, text = http(env, "/metrics")
+    assert metric(text, "austasync_replication_lag_seconds") < 2
+
+
+def test_barrier_pauses_advances_to_an_exact_position_and_releases(env: Env) -> None:
+    start(env)
+    code, body = http(env, "/control/barrier/pause", {})
+    assert code == 200
+    paused = json.loads(body)["position"]
+    env.source.execute(f"INSERT INTO {env.db}.t VALUES (1000, 'a')")
+    file, pos = env.source_position()
+    env.source.execute(f"INSERT INTO {env.db}.t VALUES (1001, 'b')")
+    time.sleep(0.5)
+    paused_file, paused_pos = paused.rsplit(":", 1)
+    assert env.checkpoint()[:2] == (paused_file, int(paused_pos))  # held: nothing applied past the pause
+    code, body = http(env, "/control/barrier/advance", {"position": f"{file}:{pos}"})
+    assert code == 200, body
+    assert json.loads(body)["position"] == f"{file}:{pos}"
+    assert env.target.execute(f"SELECT id FROM {env.db}.t WHERE id >= 1000") == [(1000,)]
+    assert http(env, "/control/barrier/release", {})[0] == 200
+    env.wait_caught_up()
+    assert env.target.execute(f"SELECT id FROM {env.db}.t WHERE id >= 1000 ORDER BY id") == [(1000,), (1001,)]
+
+
+def test_healthz_and_ready_endpoints_answer_with_their_checks(env: Env) -> None:
+    start(env)
+    code, body = http(env, "/healthz")
+    assert code == 200 and json.loads(body)["ok"] is True
+    code, body = http(env, "/ready")
+    assert code == 503  # never verified yet
+    checks = {c["name"]: c for c in json.loads(body)["checks"]}
+    assert checks["copy_complete"]["ok"] is True
+    assert checks["verification"]["ok"] is False
+
+
+def publish_verification(env: Env, **doc: Any) -> None:
+    client = redis.Redis.from_url(env.redis.url)
+    client.set(f"t:{env.name}:verify", json.dumps(doc))
+
+
+def ready(env: Env, *args: str) -> tuple[int, dict[str, Any]]:
+    result = env.run_cli("ready", "--json", *args)
+    return result.returncode, json.loads(result.stdout or "{}")
+
+
+def failing(doc: dict[str, Any]) -> set[str]:
+    return {c["name"] for c in doc["checks"] if not c["ok"]}
+
+
+def test_ready_gate_answers_in_each_state(env: Env) -> None:
+    env.extra = {"copy": {"chunk_rows": 50, "max_rows_per_second": 100}}
+    env.extra["http"] = {"listen": f"127.0.0.1:{free_port()}"}
+    env.source.execute(
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(20))",
+        f"INSERT INTO {env.db}.t VALUES " + ",".join(f"({i}, 'v')" for i in range(1, 1001)),
+    )
+    proc = env.start_daemon()
+    time.sleep(3)
+    code, doc = ready(env)
+    assert code == 1 and "copy_complete" in failing(doc)  # copying
+    env.wait_caught_up(proc=proc, timeout=60)
+    time.sleep(1.5)
+    publish_verification(env, consistent=True, finished_at=time.time(), drift_rows=0)
+    code, doc = ready(env)
+    assert code == 0, doc
+    assert ready(env, "--max-lag-seconds", "-1")[0] == 1  # lagging beyond the limit
+    publish_verification(env, consistent=True, finished_at=time.time() - 3 * 86400, drift_rows=0)
+    code, doc = ready(env)
+    assert code == 1 and failing(doc) == {"verification"}  # verification too old
+    publish_verification(env, consistent=False, finished_at=time.time(), drift_rows=3)
+    code, doc = ready(env)
+    assert code == 1 and failing(doc) == {"verification"}  # drift found
+    publish_verification(env, consistent=True, finished_at=time.time(), drift_rows=0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 35
+    while time.monotonic() < deadline and ready(env)[0] == 0:
+        time.sleep(1)
+    code, doc = ready(env)
+    assert code == 1 and "daemon_alive" in failing(doc)  # daemon killed
+
+
+def test_ready_is_unknown_when_redis_is_down(env: Env, tmp_path: Path) -> None:
+    env.redis = type(env.redis)(tmp_path / "dead-redis")  # a port nothing listens on
+    result = env.run_cli("ready")
+    assert result.returncode == 3
+    assert "unknown" in result.stdout
+
+
+@pytest.mark.parametrize("path", ["/nope", "/control/nope"])
+def test_unknown_endpoints_are_404(env: Env, path: str) -> None:
+    start(env)
+    code, _ = http(env, path, {} if path.startswith("/control") else None)
+    assert code == 404
