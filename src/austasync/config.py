@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -16,21 +17,61 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from austasync.errors import ConfigError
+from austasync.secrets import FileSource, SecretSource, parse_reference
 
 OnDdl = Literal["stop", "exec", "ignore"]
 _IDENT = re.compile(r"^[A-Za-z0-9_$\-]{1,64}$")
 
 
 class Secret:
-    """A value that never shows itself in ``repr``/``str``, logs or tracebacks. Call :meth:`reveal` to use it."""
+    """A value that never shows itself in ``repr``/``str``, logs or tracebacks. Call :meth:`reveal` to use it.
 
-    __slots__ = ("_value",)
+    A secret built from a reference (file, systemd credential, AWS Secrets Manager: :mod:`austasync.secrets`)
+    remembers its source, so :meth:`refresh` can fetch it again after the server answered "access denied".
+    """
 
-    def __init__(self, value: str) -> None:
+    __slots__ = ("_lock", "_source", "_value")
+
+    def __init__(self, value: str | None = "", source: SecretSource | None = None) -> None:
+        if value is None and source is None:
+            raise ValueError("a Secret needs a value or a source")
         self._value = value
+        self._source = source
+        # the binlog reader thread and the main thread may both reveal or refresh the same password
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_source(cls, source: SecretSource) -> Secret:
+        secret = cls(None, source)
+        if source.eager:
+            secret.reveal()
+        return secret
 
     def reveal(self) -> str:
-        return self._value
+        with self._lock:
+            if self._value is None:
+                assert self._source is not None  # noqa: S101 (guaranteed by __init__)
+                self._value = self._source.fetch()
+            return self._value
+
+    def refresh(self) -> bool:
+        """Fetch the value again; True when it changed (a rotated password), i.e. when a retry can succeed."""
+        if self._source is None:
+            return False
+        with self._lock:
+            old = self._value
+            new = self._source.fetch()
+            if new == old:
+                upcoming = self._source.fetch_next()
+                if upcoming is not None:
+                    new = upcoming
+            self._value = new
+            return new != old
+
+    @property
+    def source(self) -> str:
+        """Where the value comes from ("literal", "file /etc/...", ...); never the value."""
+        return "literal" if self._source is None else self._source.describe()
 
     def __repr__(self) -> str:
         return "Secret('**********')"
@@ -38,13 +79,24 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+        if not isinstance(other, Secret):
+            return False
+        if self._source is not None or other._source is not None:
+            return self._source == other._source
+        return other._value == self._value
 
     def __hash__(self) -> int:
-        return hash(self._value)
+        return hash(self._source if self._source is not None else self._value)
 
     def __bool__(self) -> bool:
-        return bool(self._value)
+        return self._source is not None or bool(self._value)
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        # one object per configured password, so a refresh is seen by every holder (dataclasses.asdict deep-copies)
+        return self
 
 
 @dataclass(frozen=True)
@@ -240,7 +292,8 @@ def _choice(*allowed: str) -> Callable[[Any, str], Any]:
 
 
 def _password(section: _Section, base_dir: Path | None) -> Secret:
-    """A password given literally, via ``AUSTASYNC_<SECTION>_PASSWORD``, or read from ``password_file``."""
+    """A password given literally or as a reference (:mod:`austasync.secrets`), in the file, in
+    ``AUSTASYNC_<SECTION>_PASSWORD``, or read from ``password_file``."""
     literal = section._raw("password")
     from_file = section._raw("password_file")
     if literal is not None and from_file is not None:
@@ -249,14 +302,12 @@ def _password(section: _Section, base_dir: Path | None) -> Secret:
         path = Path(_str(from_file[0], from_file[1]))
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
-        try:
-            return Secret(path.read_text(encoding="utf-8").rstrip("\r\n"))
-        except OSError as exc:
-            raise ConfigError(f"{from_file[1]}: cannot read {path}: {exc.strerror}") from None
+        return Secret.from_source(FileSource(path, from_file[1]))
     if literal is not None:
         if not isinstance(literal[0], str):
             raise ConfigError(f"{literal[1]} must be a string")
-        return Secret(literal[0])
+        reference = parse_reference(literal[0], literal[1], section.env)
+        return Secret(reference) if isinstance(reference, str) else Secret.from_source(reference)
     return Secret("")
 
 

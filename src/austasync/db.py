@@ -25,6 +25,8 @@ ER_LOCK_DEADLOCK = 1213
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_DUP_ENTRY = 1062
 ER_ACCESS_DENIED = 1045
+# 1698: access denied without a password (MariaDB unix_socket users)
+ACCESS_DENIED = {ER_ACCESS_DENIED, 1698}
 # client-side codes: can't connect, server gone, lost connection
 CONNECTION_LOST = {2003, 2006, 2013, 2055}
 
@@ -47,10 +49,20 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
         kwargs["use_unicode"] = False
     kwargs.update(extra)
     try:
-        conn = pymysql.connect(**kwargs)
+        return pymysql.connect(**kwargs)
     except pymysql.err.OperationalError as exc:
-        raise UnavailableError(f"cannot connect to the {role} ({cfg.describe()}): {_message(exc)}") from None
-    return conn
+        denied = bool(exc.args) and exc.args[0] in ACCESS_DENIED
+        # a rotated password: fetch it again from its source (file, credential, AWS) and try once more
+        if not (denied and cfg.password.refresh()):
+            raise UnavailableError(f"cannot connect to the {role} ({cfg.describe()}): {_message(exc)}") from None
+    kwargs["password"] = cfg.password.reveal()
+    try:
+        return pymysql.connect(**kwargs)
+    except pymysql.err.OperationalError as exc:
+        raise UnavailableError(
+            f"cannot connect to the {role} ({cfg.describe()}) with the password fetched again from"
+            f" {cfg.password.source}: {_message(exc)}"
+        ) from None
 
 
 def _message(exc: BaseException) -> str:
