@@ -636,6 +636,7 @@ class Daemon:
                 raise FencedError("lost the migration's lease to another daemon; stopping without writing")
         if self.telemetry.publish_due():
             self.telemetry.publish()
+            self.telemetry.sync_verification()
 
     def _check_throttle(self, source: Connection) -> None:
         limit = self.config.throttle.max_threads_running

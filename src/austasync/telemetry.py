@@ -25,6 +25,7 @@ from austasync.state import CopyCursor, holder_name
 
 ALIVE_TTL_SECONDS = 10.0
 SOURCE_REFRESH_SECONDS = 2.0
+VERIFICATION_SYNC_SECONDS = 5.0
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Telemetry:
     last_publish: float = 0.0
     last_source_refresh: float = 0.0
     loop_tick: float = field(default_factory=time.monotonic)
+    last_verification_sync: float = 0.0
 
     # --- computed at read time ---------------------------------------------------------------------------------
 
@@ -133,6 +135,8 @@ class Telemetry:
         self.metrics.phase.state(phase)
 
     def set_cursor(self, cursor: CopyCursor) -> None:
+        if (cursor.db, cursor.table) not in self.cursors:
+            self.metrics.foreign_writes.labels(f"{cursor.db}.{cursor.table}")  # a zero series per table
         self.cursors[(cursor.db, cursor.table)] = cursor
         self.metrics.set_copy(f"{cursor.db}.{cursor.table}", cursor.rows_copied, cursor.rows_estimated, cursor.done)
 
@@ -174,6 +178,24 @@ class Telemetry:
                 self.log.warning("could not publish status to Redis", error=type(exc).__name__)
         if self.progress is not None:
             self._progress_line(doc)
+
+    def sync_verification(self) -> None:
+        """Mirror the last verification (whoever ran it: the daemon, the CLI) into the drift metrics."""
+        if self.clock() - self.last_verification_sync < VERIFICATION_SYNC_SECONDS:
+            return
+        self.last_verification_sync = self.clock()
+        try:
+            doc = self.mirror.verification()
+        except Exception:  # noqa: BLE001 (Redis down: keep the last values; the gate reports Redis itself)
+            return
+        if not doc:
+            return
+        if doc.get("consistent") and doc.get("finished_at"):
+            self.metrics.verify_success.set(float(doc["finished_at"]))
+        per_table = doc.get("tables") or {}
+        for db, table in self.cursors:
+            name = f"{db}.{table}"
+            self.metrics.drift_rows.labels(name).set(float(per_table.get(name, 0) or 0))
 
     def publish_due(self) -> bool:
         return self.clock() - self.last_publish >= 1.0
