@@ -195,3 +195,72 @@ def test_dml_logged_as_a_statement_stops_the_daemon(env: Env) -> None:
     assert proc.wait(30) == EXIT_UNCARRYABLE
     assert "DML logged as a statement" in env.daemon_log()
     assert env.target.execute(f"SELECT v FROM {env.db}.t WHERE id = 1") == [("v1",)]
+
+
+def test_binlog_purged_past_the_checkpoint_says_a_recopy_is_needed_and_reset_recovers(env: Env) -> None:
+    simple_table(env)
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'lost unless re-copied' WHERE id = 5")
+    needed = env.checkpoint()[0]
+    deadline = time.monotonic() + 30
+    # MariaDB keeps a file until its binlog checkpoint is written (crash recovery): retry the purge
+    while needed in [r[0] for r in env.source.execute("SHOW BINARY LOGS")]:
+        assert time.monotonic() < deadline, "the source would not purge its old binlog"
+        env.source.execute("FLUSH BINARY LOGS")
+        newest = env.source.execute("SHOW MASTER STATUS")[0][0]
+        env.source.execute(f"PURGE BINARY LOGS TO '{newest}'")
+        time.sleep(0.5)
+    proc = env.start_daemon()
+    assert proc.wait(30) == 14
+    assert "austasync reset" in env.daemon_log()
+    reset = env.run_cli("reset", "--yes")
+    assert reset.returncode == 0, reset.stderr
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+
+
+def test_redis_flushed_while_running_is_republished_from_the_target(env: Env) -> None:
+    import redis  # noqa: PLC0415
+
+    simple_table(env)
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    client = redis.Redis.from_url(env.redis.url)
+    client.set(f"t:{env.name}:verify", '{"consistent": true, "finished_at": 1}')
+    client.flushall()
+    time.sleep(2.5)
+    status = env.run_cli("status", "--json")
+    assert status.returncode == 0
+    assert '"phase": "streaming"' in status.stdout
+    env.source.execute(f"INSERT INTO {env.db}.t VALUES (2000, 'after flush')")
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+
+
+def test_copy_throttles_while_the_source_is_busy(env: Env) -> None:
+    simple_table(env, rows=400)
+    env.extra = {"throttle": {"max_threads_running": 2}, "copy": {"chunk_rows": 50}}
+    busy = [env.source.connect() for _ in range(3)]
+    threads = []
+    import threading  # noqa: PLC0415
+
+    for conn in busy:
+        thread = threading.Thread(target=lambda c=conn: c.cursor().execute("SELECT SLEEP(6)"), daemon=True)
+        thread.start()
+        threads.append(thread)
+    time.sleep(0.3)
+    proc = env.start_daemon()
+    time.sleep(3)
+    status = env.run_cli("status", "--json")
+    assert '"active": true' in status.stdout and "Threads_running" in status.stdout, status.stdout
+    assert env.target.execute(f"SELECT COUNT(*) FROM {env.db}.t") == [(0,)]  # nothing copied while throttled
+    for thread in threads:
+        thread.join(10)
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+    for conn in busy:
+        conn.close()
