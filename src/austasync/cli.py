@@ -237,3 +237,8 @@ def check_config(config_path: str) -> None:
     """Validate the configuration file and print it with secrets masked."""
     cfg = _load(config_path)
     click.echo(json.dumps(configmod.describe(cfg), indent=2, default=str))
+
+
+from austasync.preflight_cli import preflight  # noqa: E402 (registered last, after main exists)
+
+main.add_command(preflight)
