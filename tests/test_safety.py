@@ -264,3 +264,22 @@ def test_copy_throttles_while_the_source_is_busy(env: Env) -> None:
     assert same(env)
     for conn in busy:
         conn.close()
+
+
+def test_on_ddl_exec_replays_the_ddl_at_its_position_and_keeps_streaming(env: Env) -> None:
+    simple_table(env)
+    env.extra = {"replication": {"on_ddl": "exec"}}
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    env.source.execute(
+        f"INSERT INTO {env.db}.t VALUES (500, 'before')",
+        f"ALTER TABLE {env.db}.t ADD COLUMN score INT NOT NULL DEFAULT 7",
+        f"INSERT INTO {env.db}.t VALUES (501, 'after', 42)",
+        f"CREATE TABLE {env.db}.created_later (id INT PRIMARY KEY, note VARCHAR(10))",
+        f"INSERT INTO {env.db}.created_later VALUES (1, 'new')",
+        f"UPDATE {env.db}.t SET score = 9 WHERE id = 1",
+    )
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+    assert same(env, "created_later")
+    assert "DDL replayed on the target" in env.daemon_log()

@@ -69,7 +69,8 @@ from austasync.schema import (
     load_foreign_keys,
     load_tables,
 )
-from austasync.state import Checkpoint, TargetState, connection_id, holder_name
+from austasync.sql import quote_ident
+from austasync.state import Checkpoint, CopyCursor, TargetState, connection_id, holder_name
 from austasync.telemetry import Telemetry
 
 HEALTH_STALL_SECONDS = 30.0
@@ -78,6 +79,9 @@ _DDL = re.compile(
     r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?"
     r"(TABLE|DATABASE|SCHEMA|INDEX|UNIQUE\s+INDEX|FULLTEXT\s+INDEX|SPATIAL\s+INDEX|VIEW|TRIGGER|PROCEDURE|FUNCTION|EVENT)\b",
     re.IGNORECASE,
+)
+_CREATE_TABLE = re.compile(
+    r"^\s*CREATE\s+TABLE\s+(?!IF\s+NOT\s+EXISTS)(?:`?(\w+)`?\.)?(?:`([^`]+)`|(\w+))", re.IGNORECASE
 )
 _IGNORABLE_IN_TXN = re.compile(r"^\s*(SAVEPOINT|RELEASE\s+SAVEPOINT|ROLLBACK\s+TO)\b", re.IGNORECASE)
 _COMMENT = re.compile(r"/\*(?!!).*?\*/|^\s*(--|#)[^\n]*\n", re.DOTALL)
@@ -167,6 +171,27 @@ class Daemon:
 
     def _run(self) -> None:
         self.mirror.ping()
+        source, tables, fks = self._load_source()
+        self.telemetry.read_source_settings(source)
+        self._acquire_lease()
+        self.metrics.lease_held.set(1)
+        try:
+            while True:
+                try:
+                    self._run_with_lease(source, tables, fks)
+                    return
+                except _SchemaChanged as change:
+                    # a DDL was replayed on the target: rebuild reader and applier from the new definitions
+                    self.log.info("restarting the pipeline after DDL", statement=change.statement[:200])
+                    self._close()
+                    source, tables, fks = self._load_source()
+        finally:
+            self.metrics.lease_held.set(0)
+            self._close()
+            with contextlib.suppress(Exception):  # Redis down at exit: the lease expires by itself
+                self.mirror.release_lease()
+
+    def _load_source(self) -> tuple[Connection, dict[TableId, Table], list[ForeignKey]]:
         source = connect(self.config.source, "source")
         setup_source_session(source)
         self._conns.append(source)
@@ -180,16 +205,7 @@ class Daemon:
                 " replication.databases and the include/exclude lists"
             )
         fks = check_foreign_keys(tables, load_foreign_keys(source, tables))
-        self.telemetry.read_source_settings(source)
-        self._acquire_lease()
-        self.metrics.lease_held.set(1)
-        try:
-            self._run_with_lease(source, tables, fks)
-        finally:
-            self.metrics.lease_held.set(0)
-            self._close()
-            with contextlib.suppress(Exception):  # Redis down at exit: the lease expires by itself
-                self.mirror.release_lease()
+        return source, tables, fks
 
     def _start_http(self) -> None:
         host, port = self.config.http.host_port
@@ -228,7 +244,9 @@ class Daemon:
         generation = self.state.take_over(writer, [connection_id(writer), connection_id(admin)])
         self.telemetry.generation = generation
         self.log.info("fenced the target", generation=generation)
-        checkpoint = self._load_checkpoint(source, admin, writer, tables)
+        checkpoint, resumed = self._load_checkpoint(source, admin, writer, tables)
+        if resumed:
+            tables, fks = self._target_definitions(admin, tables)
         _check_binlog_available(source, checkpoint.position)
         for cursor in self.state.cursors(writer):
             if (cursor.db, cursor.table) in tables:
@@ -280,9 +298,20 @@ class Daemon:
             if snapshot:
                 snapshot.close()
 
+    def _target_definitions(
+        self, admin: Connection, tables: dict[TableId, Table]
+    ) -> tuple[dict[TableId, Table], list[ForeignKey]]:
+        """The selected tables as the target defines them: the schema as of the checkpoint, not the source's now."""
+        names = {self.config.replication.target_db(db): db for db in self.config.replication.databases}
+        on_target = load_tables(admin, self.config, names)
+        merged = {tid: on_target.get(tid, table) for tid, table in tables.items()}
+        fks = check_foreign_keys(merged, load_foreign_keys(admin, merged, names))
+        return merged, fks
+
     def _load_checkpoint(
         self, source: Connection, admin: Connection, writer: Connection, tables: dict[TableId, Table]
-    ) -> Checkpoint:
+    ) -> tuple[Checkpoint, bool]:
+        """The checkpoint to resume from (created with P0 on a first start) and whether it existed before."""
         checkpoint = self.state.load(writer)
         if checkpoint is not None and checkpoint.pending_stop:
             stop = checkpoint.pending_stop
@@ -296,7 +325,7 @@ class Daemon:
             self.state.check_fence(writer)
             self.state.save_stop(writer, None)
             query(writer, "COMMIT")
-        created = ensure_target(source, admin, self.config, tables)
+        created = ensure_target(source, admin, self.config, tables, compare=checkpoint is None)
         if created:
             self.log.info("created target tables", count=created)
         if checkpoint is None:
@@ -306,10 +335,12 @@ class Daemon:
             checkpoint = self.state.load(writer)
             if checkpoint is None:
                 raise UnavailableError("the state row written a moment ago is not in the target; is it read-only?")
+            resumed = False
         else:
             self.state.add_tables(writer, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
+            resumed = True
         self._republish_verification(writer)
-        return checkpoint
+        return checkpoint, resumed
 
     def _republish_verification(self, writer: Connection) -> None:
         """Redis may have restarted empty: the target's record of the last verification is the truth."""
@@ -486,8 +517,33 @@ class Daemon:
             return
         self._commit(applier)
         if policy == "exec":
+            self._exec_ddl(event, applier)
+            raise _SchemaChanged(event.query)
+        stop = {
+            "kind": "ddl_stop",
+            "statement": event.query,
+            "schema": event.schema,
+            "start": str(event.start),
+            "end": str(event.position),
+            "sql_mode": event.sql_mode,
+        }
+        self.state.check_fence(applier.conn)
+        self.state.save_stop(applier.conn, stop)
+        query(applier.conn, "COMMIT")
+        raise DdlStop(_ddl_message(stop))
+
+    def _exec_ddl(self, event: Statement, applier: Applier) -> None:
+        """Replay a DDL on the target at exactly its position (``on_ddl = "exec"``).
+
+        DDL commits implicitly, so the checkpoint cannot move in the same transaction: a stop record marks the
+        statement as in progress first, and a crash in between leaves a DDL stop for the operator to resolve
+        (the statement may or may not have run) instead of a blind second execution.
+        """
+        rename = self.config.replication.rename
+        if rename and any(f"{db}." in event.query or f"`{db}`." in event.query for db in rename):
             raise UncarryableValueError(
-                'on_ddl = "exec" is not implemented in this version; use "stop" and resolve with `austasync ddl`'
+                f"DDL at {event.start} names a database that is renamed on the target: {event.query[:300]!r}."
+                ' Use on_ddl = "stop" and apply it by hand'
             )
         stop = {
             "kind": "ddl_stop",
@@ -495,11 +551,49 @@ class Daemon:
             "schema": event.schema,
             "start": str(event.start),
             "end": str(event.position),
+            "sql_mode": event.sql_mode,
+            "executing": True,
         }
-        self.state.check_fence(applier.conn)
-        self.state.save_stop(applier.conn, stop)
-        query(applier.conn, "COMMIT")
-        raise DdlStop(_ddl_message(stop))
+        conn = applier.conn
+        self.state.check_fence(conn)
+        self.state.save_stop(conn, stop)
+        query(conn, "COMMIT")
+        self._drop_precreated(conn, event)
+        execute_ddl(
+            conn, event.query, self.config.replication.target_db(event.schema) if event.schema else None, event.sql_mode
+        )
+        self.state.check_fence(conn)
+        self.state.save_position(conn, event.position, 0, self.telemetry.phase)
+        self.state.save_stop(conn, None)
+        self._restart_copies_touched_by(conn, event.query)
+        query(conn, "COMMIT")
+        self.log.info("DDL replayed on the target", statement=event.query[:500], position=str(event.position))
+
+    def _drop_precreated(self, conn: Connection, event: Statement) -> None:
+        """A CREATE TABLE whose table austasync already created from the source's newer definition at start-up.
+
+        That table is still uncopied (nothing relies on its rows), so it is dropped and created the way the
+        stream says, at this position; its copy starts over.
+        """
+        match = _CREATE_TABLE.match(_COMMENT.sub("", event.query))
+        if not match:
+            return
+        name = match.group(2) or match.group(3)
+        db = match.group(1) or event.schema
+        cursor = self.telemetry.cursors.get((db, name))
+        if cursor is not None and not cursor.done:
+            target = f"{quote_ident(self.config.replication.target_db(db))}.{quote_ident(name)}"
+            query(conn, f"DROP TABLE IF EXISTS {target}")
+            self.log.info("dropped a table created ahead of the stream", table=f"{db}.{name}")
+
+    def _restart_copies_touched_by(self, conn: Connection, statement: str) -> None:
+        """A table still being copied whose shape changed is copied again from its first key."""
+        lowered = statement.lower()
+        for cursor in list(self.telemetry.cursors.values()):
+            if not cursor.done and cursor.table.lower() in lowered:
+                restarted = CopyCursor(cursor.db, cursor.table, None, False, 0, cursor.rows_estimated)
+                self.state.save_cursor(conn, restarted)
+                self.telemetry.set_cursor(restarted)
 
     def _mentions_replicated(self, schema: str, text: str) -> bool:
         dbs = self.config.replication.databases
@@ -661,6 +755,58 @@ def _next(reader: BinlogReader, timeout: float) -> Event | None:
         return reader.events.get(timeout=timeout)
     except queue.Empty:
         return None
+
+
+class _SchemaChanged(Exception):
+    """Raised inside the loop after a DDL was replayed, so the pipeline restarts with the new schema."""
+
+    def __init__(self, statement: str) -> None:
+        super().__init__(statement)
+        self.statement = statement
+
+
+# sql_mode bits of the binlog's Q_SQL_MODE status variable that MySQL 8 and MariaDB name the same way
+_SQL_MODE_BITS = {
+    1: "REAL_AS_FLOAT",
+    2: "PIPES_AS_CONCAT",
+    4: "ANSI_QUOTES",
+    8: "IGNORE_SPACE",
+    32: "ONLY_FULL_GROUP_BY",
+    64: "NO_UNSIGNED_SUBTRACTION",
+    128: "NO_DIR_IN_CREATE",
+    524288: "NO_AUTO_VALUE_ON_ZERO",
+    1048576: "NO_BACKSLASH_ESCAPES",
+    2097152: "STRICT_TRANS_TABLES",
+    4194304: "STRICT_ALL_TABLES",
+    8388608: "NO_ZERO_IN_DATE",
+    16777216: "NO_ZERO_DATE",
+    33554432: "ALLOW_INVALID_DATES",
+    67108864: "ERROR_FOR_DIVISION_BY_ZERO",
+    536870912: "HIGH_NOT_PRECEDENCE",
+    1073741824: "NO_ENGINE_SUBSTITUTION",
+    2147483648: "PAD_CHAR_TO_FULL_LENGTH",
+}
+
+
+def sql_mode_names(bits: int | None) -> str | None:
+    """The ``sql_mode`` text for a binlog bitmask, or None when the event carried none."""
+    if bits is None:
+        return None
+    return ",".join(name for bit, name in sorted(_SQL_MODE_BITS.items()) if bits & bit)
+
+
+def execute_ddl(conn: Connection, statement: str, database: str | None, sql_mode: int | None) -> None:
+    """Run a DDL on the target in its database and with the sql_mode it ran with on the source."""
+    if database:
+        query(conn, f"USE {quote_ident(database)}")
+    mode = sql_mode_names(sql_mode)
+    previous = query(conn, "SELECT @@SESSION.sql_mode")[0][0]
+    if mode is not None:
+        query(conn, "SET SESSION sql_mode = %s", (mode,))
+    try:
+        query(conn, statement)
+    finally:
+        query(conn, "SET SESSION sql_mode = %s", (previous,))
 
 
 def _master_position(conn: Connection) -> Position:

@@ -6,11 +6,11 @@ Both take the Redis lease and fence the target first, so they never race a runni
 from __future__ import annotations
 
 from austasync.config import Config
+from austasync.daemon import execute_ddl
 from austasync.db import Connection, connect, query, setup_target_session
 from austasync.errors import ConfigError, UnavailableError
 from austasync.mirror import Mirror
 from austasync.position import Position
-from austasync.sql import quote_ident
 from austasync.state import TargetState, connection_id, holder_name
 
 
@@ -48,9 +48,7 @@ def resolve_ddl(config: Config, action: str | None) -> str:
                 raise ConfigError(
                     "the statement may name a schema that is renamed on the target; apply it by hand and use --skip"
                 )
-            if target_db:
-                query(conn, f"USE {quote_ident(target_db)}")
-            query(conn, stop["statement"])
+            execute_ddl(conn, stop["statement"], target_db, stop.get("sql_mode"))
         state.check_fence(conn)
         state.save_position(conn, Position.parse(stop["end"]), 0, checkpoint.phase)
         state.save_stop(conn, None)

@@ -110,7 +110,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         # *_created series double the output and no dashboard or rule here uses them
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
         self.registry = registry or CollectorRegistry()
         r = self.registry
         info = Info("austasync_build", "Build information; always 1.", registry=r)

@@ -6,6 +6,7 @@ key's columns are what chunks are ordered by and what net images are keyed by.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,8 +131,9 @@ class Table:
         return f"{self.db}.{self.name}"
 
 
-def _selected_tables(conn: Connection, config: Config) -> list[tuple[str, str, str, int]]:
-    dbs = config.replication.databases
+def _selected_tables(conn: Connection, config: Config, names: Mapping[str, str]) -> list[tuple[str, str, str, int]]:
+    """(database on this server, table, engine, row estimate) of the selected tables."""
+    dbs = list(names)
     marks = ",".join(["%s"] * len(dbs))
     rows = query(
         conn,
@@ -139,7 +141,9 @@ def _selected_tables(conn: Connection, config: Config) -> list[tuple[str, str, s
         f" WHERE TABLE_SCHEMA IN ({marks}) AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME",
         dbs,
     )
-    return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows if config.table_selected(str(r[0]), str(r[1]))]
+    return [
+        (str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows if config.table_selected(names[str(r[0])], str(r[1]))
+    ]
 
 
 def _columns(conn: Connection, db: str) -> dict[str, list[Column]]:
@@ -221,12 +225,17 @@ def parse_foreign_keys(db: str, table: str, create_sql: str) -> list[ForeignKey]
     return out
 
 
-def load_foreign_keys(conn: Connection, tables: Iterable[TableId]) -> list[ForeignKey]:
-    """Every foreign key whose child is one of ``tables``."""
+def load_foreign_keys(
+    conn: Connection, tables: Iterable[TableId], names: Mapping[str, str] | None = None
+) -> list[ForeignKey]:
+    """Every foreign key whose child is one of ``tables`` (source names; ``names`` as for :func:`load_tables`)."""
+    server_db = {source_db: db for db, source_db in (names or {}).items()}
     fks: list[ForeignKey] = []
     for db, table in tables:
-        create = str(query(conn, f"SHOW CREATE TABLE {qualified(db, table)}")[0][1])
-        fks.extend(parse_foreign_keys(db, table, create))
+        create = str(query(conn, f"SHOW CREATE TABLE {qualified(server_db.get(db, db), table)}")[0][1])
+        for fk in parse_foreign_keys(db, table, create):
+            parent_db = (names or {}).get(fk.parent[0], fk.parent[0])
+            fks.append(dataclasses.replace(fk, parent=(parent_db, fk.parent[1])))
     return fks
 
 
@@ -243,20 +252,27 @@ def _choose_key(
     return None
 
 
-def load_tables(conn: Connection, config: Config) -> dict[TableId, Table]:
-    """The replicated tables of the source, validated: InnoDB, a usable key, a replicated parent for every FK.
+def load_tables(conn: Connection, config: Config, names: Mapping[str, str] | None = None) -> dict[TableId, Table]:
+    """The replicated tables, validated: InnoDB and a usable key.
 
+    By default read from the source. With ``names`` (database on this server → source database) the definitions
+    are read from another server, the target, and keyed by their source names: once a checkpoint exists, the
+    target holds the schema *as of the checkpoint*, while the source's may already be ahead of the stream.
     Raises :class:`SetupError` listing every offending table, so the operator can fix or exclude them at once.
     """
-    selected = _selected_tables(conn, config)
+    names = names or {db: db for db in config.replication.databases}
+    selected = [
+        (names[db], name, engine, estimate) for db, name, engine, estimate in _selected_tables(conn, config, names)
+    ]
+    server_db = {source_db: db for db, source_db in names.items()}
     tables: dict[TableId, Table] = {}
     problems: list[str] = []
     by_db: dict[str, list[tuple[str, str, int]]] = {}
     for db, name, engine, estimate in selected:
         by_db.setdefault(db, []).append((name, engine, estimate))
     for db, entries in by_db.items():
-        columns = _columns(conn, db)
-        uniques = _unique_keys(conn, db)
+        columns = _columns(conn, server_db[db])
+        uniques = _unique_keys(conn, server_db[db])
         for name, engine, estimate in entries:
             cols = columns.get(name, [])
             if engine.lower() != "innodb":
@@ -318,11 +334,14 @@ def _shape(conn: Connection, db: str, table: str) -> list[tuple[str, str, str, s
     return [(str(a), str(b).lower(), str(c), str(d)) for a, b, c, d in rows]
 
 
-def ensure_target(source: Connection, target: Connection, config: Config, tables: Mapping[TableId, Table]) -> int:
+def ensure_target(
+    source: Connection, target: Connection, config: Config, tables: Mapping[TableId, Table], *, compare: bool = True
+) -> int:
     """Create missing target databases and tables from the source's definitions; refuse other shapes.
 
-    Returns the number of tables created. Triggers are not copied (DESIGN.md rule 6) and target tables that
-    have triggers are refused.
+    ``compare`` is off once a checkpoint exists: from then on the target's definitions are the stream's truth
+    and the source's may legitimately be ahead of it. Returns the number of tables created. Triggers are not
+    copied (DESIGN.md rule 6) and target tables that have triggers are refused.
     """
     created = 0
     mismatches: list[str] = []
@@ -347,7 +366,7 @@ def ensure_target(source: Connection, target: Connection, config: Config, tables
             created += 1
             continue
         wanted = _shape(source, table.db, table.name)
-        if existing != wanted:
+        if compare and existing != wanted:
             mismatches.append(f"{tdb}.{table.name}: {_describe_diff(wanted, existing)}")
     if mismatches:
         raise SetupError(
