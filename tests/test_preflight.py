@@ -198,7 +198,8 @@ def test_missing_grants_are_listed_exactly(env: Env) -> None:
     suffix = uuid.uuid4().hex[:8]
     src_user, dst_user = f"pfs{suffix}", f"pft{suffix}"
     env.source.execute(
-        f"CREATE USER '{src_user}'@'%' IDENTIFIED BY 'limited-src-pw'", f"GRANT SELECT ON {env.db}.* TO '{src_user}'@'%'"
+        f"CREATE USER '{src_user}'@'%' IDENTIFIED BY 'limited-src-pw'",
+        f"GRANT SELECT ON {env.db}.* TO '{src_user}'@'%'",
     )
     env.target.execute(
         f"CREATE USER '{dst_user}'@'%' IDENTIFIED BY 'limited-dst-pw'",
@@ -258,9 +259,7 @@ def test_target_shape_rows_and_triggers(env: Env) -> None:
     try:
         check = preflight(env).by_id("target.tables")
         assert check.status == "fail"
-        assert check.detail == (
-            f"{env.db}.users: column email is varchar(100) NO, source has varchar(190) NO",
-        )
+        assert check.detail == (f"{env.db}.users: column email is varchar(100) NO, source has varchar(190) NO",)
         env.target.execute(
             f"USE {env.db}",
             "ALTER TABLE users MODIFY email VARCHAR(190) NOT NULL",

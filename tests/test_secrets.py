@@ -96,7 +96,9 @@ def test_plain_and_json_secrets_are_read_from_secrets_manager(tmp_path: Path, aw
     assert cfg.source.password.source == f"AWS Secrets Manager secret {structured} (key password)"
 
 
-def test_an_arn_carries_its_own_region_and_the_env_override_takes_references(tmp_path: Path, aws: dict[str, str]) -> None:
+def test_an_arn_carries_its_own_region_and_the_env_override_takes_references(
+    tmp_path: Path, aws: dict[str, str]
+) -> None:
     client = sm(aws["AWS_ENDPOINT_URL_SECRETS_MANAGER"])
     arn = client.create_secret(Name=secret_name(), SecretString="arn-pw")["ARN"]
     env = {k: v for k, v in aws.items() if "REGION" not in k}

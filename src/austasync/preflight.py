@@ -169,9 +169,7 @@ def check_compression(conn: Connection) -> Check:
             "source.compression",
             "fail",
             "the source compresses its binlog: " + ", ".join(f"{n}=ON" for n in found),
-            (
-                "the binlog reader cannot decode compressed events; `run` would stop with exit 12 at the first one",
-            ),
+            ("the binlog reader cannot decode compressed events; `run` would stop with exit 12 at the first one",),
             "set " + ", ".join(f"{n}=OFF" for n in found) + " on the source (SET GLOBAL and in my.cnf)",
         )
     return Check("source.compression", "pass", "binlog events and transactions are not compressed")
@@ -240,7 +238,10 @@ def check_retention(conn: Connection, config: Config) -> Check:
             "source.retention",
             "fail",
             "binlog retention is shorter than twice the estimated copy time",
-            (*detail, "a copy slowed by throttling, or a restart during it, would need binlogs already purged (exit 14)"),
+            (
+                *detail,
+                "a copy slowed by throttling, or a restart during it, would need binlogs already purged (exit 14)",
+            ),
             fix,
         )
     if retention < RETENTION_WARN_SECONDS:
@@ -545,8 +546,10 @@ def check_target_server(conn: Connection) -> list[Check]:
                 "target.binlog",
                 "fail",
                 "the target's binlog is off",
-                ("writes by anyone but austasync (drift) are detected from the target's binlog, and reverse"
-                 " streaming after cutover reads it",),
+                (
+                    "writes by anyone but austasync (drift) are detected from the target's binlog, and reverse"
+                    " streaming after cutover reads it",
+                ),
                 "enable log_bin (and binlog_format=ROW) in the target's my.cnf and restart it",
             )
         )
@@ -722,9 +725,7 @@ def run_preflight(config: Config, *, clock: Callable[[], float] = time.time) -> 
             report.add(check_partial_json(source))
             report.add(check_retention(source, config))
             report.add(check_server_id(source, config))
-            report.add(
-                check_grants(source, "source", lambda f, v: source_needs(f, v, config.replication.databases))
-            )
+            report.add(check_grants(source, "source", lambda f, v: source_needs(f, v, config.replication.databases)))
             tables, _ = check_tables(report, source, config)
         if target is not None:
             for check in check_target_server(target):

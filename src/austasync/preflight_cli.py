@@ -14,7 +14,9 @@ EXIT_USAGE = 2
 
 
 @click.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checklist as JSON.")
 def preflight(config_path: str, as_json: bool) -> None:
     """Check source, target, Redis and clocks before a migration; print a checklist with a fix for each problem.
