@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from austasync import config as configmod
-from austasync.preflight import Report, run_preflight
+from austasync.preflight import Report, refusals, run_preflight
 from conftest import Env
 from servers import MariaDB, free_port
 
@@ -320,3 +320,21 @@ def test_usage_errors_exit_2(env: Env, tmp_path: Path) -> None:
         [sys.executable, "-m", "austasync", "preflight"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 2
+
+
+def test_refusals_lists_what_run_must_refuse_beyond_its_own_checks(
+    env: Env, dedicated: list[MariaDB], tmp_path: Path
+) -> None:
+    source = start(dedicated, tmp_path / "src", 7200, "--log-bin-compress=ON")
+    target = start(dedicated, tmp_path / "dst", 7201, "--skip-log-bin")
+    cfg = configmod.from_mapping({"replication": {"databases": [env.db], "server_id": 7200}})
+    src, dst = source.connect(), target.connect()
+    try:
+        lines = refusals(cfg, src, dst)
+    finally:
+        src.close()
+        dst.close()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("the source compresses its binlog: log_bin_compress=ON: set log_bin_compress=OFF")
+    assert lines[1].startswith("replication.server_id 7200 is the source's own server_id")
+    assert lines[2].startswith("the target's binlog is off: enable log_bin")
