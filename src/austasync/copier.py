@@ -13,7 +13,9 @@ target's copied ranges always equal the source at the stream's position.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from austasync.config import DatabaseConfig
@@ -98,3 +100,65 @@ class SnapshotReader:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_DONE = object()
+
+
+class ChunkPrefetcher:
+    """Reads chunks ahead in a thread, round-robin over the tables, so the source is read while the target writes.
+
+    Chunks of one table come out in key order, each starting after the previous one's last key, so writing them in
+    the order received keeps every cursor exact. Chunks read but not written when the round ends are dropped;
+    their cursors were never saved, so the next round reads them again.
+    """
+
+    def __init__(
+        self,
+        snapshot: SnapshotReader,
+        work: Sequence[tuple[Table, tuple[bytes, ...] | None]],
+        limit: int,
+        depth: int = 2,
+    ) -> None:
+        self.snapshot = snapshot
+        self.work = list(work)
+        self.limit = limit
+        self.chunks: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chunk-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        rotation = list(self.work)
+        try:
+            while rotation and not self._stop.is_set():
+                table, cursor = rotation.pop(0)
+                chunk = self.snapshot.read_chunk(table, cursor, self.limit)
+                if not chunk.is_last:
+                    rotation.append((table, chunk.last_key))
+                self._put((table, cursor, chunk))
+            self._put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the consuming thread)
+            self._put(exc)
+
+    def _put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self.chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[tuple[Table, tuple[bytes, ...] | None, Chunk]]:
+        while True:
+            item = self.chunks.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Stop reading and wait for the thread: the snapshot session must be idle before it is closed."""
+        self._stop.set()
+        self._thread.join()

@@ -22,7 +22,7 @@ from austasync.applier import Applier
 from austasync.binlog.adapter import BinlogReader
 from austasync.config import Config
 from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
-from austasync.copier import SnapshotReader
+from austasync.copier import ChunkPrefetcher, SnapshotReader
 from austasync.db import (
     CONNECTION_LOST,
     Connection,
@@ -658,34 +658,50 @@ class Daemon:
         try:
             if not self._advance_to(position, applier, reader):
                 return False
-            budget = self.clock() + self.config.copy.snapshot_seconds
-            copied = 0
-            started = self.clock()
-            while pending and self.clock() < budget and not self.stopping:
-                for cursor in list(pending):
-                    table = tables[(cursor.db, cursor.table)]
-                    chunk = snapshot.read_chunk(table, cursor.cursor, self.config.copy.chunk_rows)
-                    new = applier.write_chunk(table, cursor, chunk.rows, chunk.last_key, chunk.is_last)
-                    applier.commit(phase=self.telemetry.phase)
-                    self.telemetry.set_cursor(new)
-                    self.metrics.copied_rows.inc(len(chunk.rows))
-                    copied += len(chunk.rows)
-                    self.log.info(
-                        "chunk copied",
-                        table=str(table),
-                        rows=len(chunk.rows),
-                        total=new.rows_copied,
-                        done=new.done,
-                        at=str(position),
-                    )
-                    pending = [c for c in self.telemetry.cursors.values() if not c.done]
-                    self._rate_limit(copied, started)
-                    if self.clock() >= budget:
-                        break
+            self._copy_chunks(applier, snapshot, [(tables[(c.db, c.table)], c.cursor) for c in pending], position)
+            pending = [c for c in self.telemetry.cursors.values() if not c.done]
         finally:
             snapshot.close_snapshot()
         self.telemetry.publish()
         return not pending
+
+    def _copy_chunks(
+        self,
+        applier: Applier,
+        snapshot: SnapshotReader,
+        work: list[tuple[Table, tuple[bytes, ...] | None]],
+        position: Position,
+    ) -> None:
+        """Write chunks read ahead from the snapshot until every table is done or the snapshot budget is spent."""
+        budget = self.clock() + self.config.copy.snapshot_seconds
+        copied, started = 0, self.clock()
+        prefetcher = ChunkPrefetcher(snapshot, work, self.config.copy.chunk_rows)
+        try:
+            for table, start, chunk in prefetcher:
+                cursor = self.telemetry.cursors[table.id]
+                if start != cursor.cursor:
+                    raise UncarryableValueError(
+                        f"internal error: chunk of {table} read after key {start!r} but the saved cursor is"
+                        f" {cursor.cursor!r}; refusing to write it"
+                    )
+                new = applier.write_chunk(table, cursor, chunk.rows, chunk.last_key, chunk.is_last)
+                applier.commit(phase=self.telemetry.phase)
+                self.telemetry.set_cursor(new)
+                self.metrics.copied_rows.inc(len(chunk.rows))
+                copied += len(chunk.rows)
+                self.log.info(
+                    "chunk copied",
+                    table=str(table),
+                    rows=len(chunk.rows),
+                    total=new.rows_copied,
+                    done=new.done,
+                    at=str(position),
+                )
+                self._rate_limit(copied, started)
+                if self.clock() >= budget or self.stopping:
+                    break
+        finally:
+            prefetcher.close()
 
     def _rate_limit(self, copied: int, started: float) -> None:
         ceiling = self.config.copy.max_rows_per_second
