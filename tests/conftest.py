@@ -194,15 +194,22 @@ def env(
 
 
 def dump(server: MariaDB, db: str, table: str, key: str) -> list[str]:
-    """An ordered dump of a table with every column as hex, by the ``mariadb`` client, not austasync's code."""
-    cols = [
-        str(r[0])
-        for r in server.execute(
-            f"SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA='{db}' AND TABLE_NAME='{table}'"
-            " ORDER BY ORDINAL_POSITION"
-        )
-    ]
-    exprs = ",".join(f"COALESCE(HEX(CAST(`{c}` AS BINARY)),'NULL')" for c in cols)
+    """An ordered dump of a table with every column as hex, by the ``mariadb`` client, not austasync's code.
+
+    A FLOAT column prints with about 6 significant digits (16777216 as 16777200; 1.0000001 and 1.0000002 both
+    as 1), so it is also dumped as ``col+0E0``, a DOUBLE holding the float32 exactly, which the server prints in
+    the shortest form that round-trips.
+    """
+    columns = server.execute(
+        f"SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA='{db}'"
+        f" AND TABLE_NAME='{table}' ORDER BY ORDINAL_POSITION"
+    )
+    parts = []
+    for name, data_type in columns:
+        parts.append(f"COALESCE(HEX(CAST(`{name}` AS BINARY)),'NULL')")
+        if str(data_type).lower() == "float":
+            parts.append(f"COALESCE(HEX(CAST(`{name}`+0E0 AS BINARY)),'NULL')")
+    exprs = ",".join(parts)
     out = subprocess.run(
         [
             "mariadb",

@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 import pymysql
 
 from austasync.db import ER_DUP_ENTRY, Connection, execute_raw, query
-from austasync.errors import DriftError
+from austasync.errors import DriftError, UncarryableValueError
 from austasync.events import Row, Rows
 from austasync.position import Position
-from austasync.schema import ForeignKey, Table, TableId
+from austasync.schema import Column, ForeignKey, Table, TableId
 from austasync.sql import Kind, after_key, at_most_key, in_list, qualified, quote_ident, raw_literal, value_literal
 from austasync.state import CopyCursor, TargetState
 
 DELETED = None  # marker of a net image that is a delete
+# out of range, data truncated, data too long, incorrect value, invalid JSON (MySQL), CHECK failed (MariaDB's
+# JSON is a CHECK), bad geometry
+_VALUE_REFUSED = {1264, 1265, 1292, 1366, 1367, 1406, 3140, 4025, 1416}
 MAX_STATEMENT_BYTES = 4 * 1024 * 1024
 MAX_KEYS_PER_DELETE = 2000
 
@@ -56,7 +59,20 @@ class _TablePlan:
 
     def row_literal(self, row: Row) -> str:
         kinds = self.kinds
-        return "(" + ",".join(value_literal(row[i], kinds[i][0], kinds[i][1]) for i in self.write_idx) + ")"
+        try:
+            return "(" + ",".join(value_literal(row[i], kinds[i][0], kinds[i][1]) for i in self.write_idx) + ")"
+        except UncarryableValueError as exc:
+            raise UncarryableValueError(f"{self.table}.{_failing_column(self, row)}: {exc}") from None
+
+
+def _failing_column(plan: _TablePlan, row: Sequence[object]) -> str:
+    """The first column whose value has no exact literal, to name it in the stop message."""
+    for i in plan.write_idx:
+        try:
+            value_literal(row[i], plan.kinds[i][0], plan.kinds[i][1])
+        except UncarryableValueError:
+            return plan.table.columns[i].name
+    return "?"
 
 
 @dataclass
@@ -193,7 +209,12 @@ class Applier:
             part = [plan.key_literal(k) for k in keys[i : i + MAX_KEYS_PER_DELETE]]
             self._execute(f"DELETE FROM {plan.target} WHERE {in_list(plan.table.key, part)}", plan)
         rows = (plan.row_literal(r) for r in images.values() if r is not DELETED)
-        self._insert(plan, rows)
+        try:
+            self._insert(plan, rows)
+        except UncarryableValueError as exc:
+            raise UncarryableValueError(
+                f"stream up to source position {self.position}: {exc}; nothing of this batch was committed"
+            ) from None
 
     def _insert(self, plan: _TablePlan, literals: Iterable[str]) -> None:
         head = f"INSERT INTO {plan.target} ({plan.write_cols}) VALUES "
@@ -217,6 +238,16 @@ class Applier:
                     f"unique-key collision writing {plan.table} at source position {self.position}: {exc.args[1]}."
                     " The target holds a row the source does not explain (drift); run `austasync verify` and"
                     " repair or re-copy the table"
+                ) from None
+            raise
+        except pymysql.err.MySQLError as exc:
+            code = exc.args[0] if exc.args else None
+            if code in _VALUE_REFUSED:
+                # the literal was exact but the target will not store it (a strict session, another column
+                # type): a stop at the checkpoint, not a connection failure to retry
+                raise UncarryableValueError(
+                    f"the target refused a value of {plan.table} written at source position {self.position}:"
+                    f" error {code}: {exc.args[1]}. Nothing of this transaction was committed"
                 ) from None
             raise
 
@@ -280,10 +311,7 @@ class Applier:
             conds.append(at_most_key(table.key, lits))
         where = " AND ".join(conds) if conds else "1=1"
         self._execute(f"DELETE FROM {plan.target} WHERE {where}", plan)
-        literals = (
-            "(" + ",".join(raw_literal(v, c.kind, c.charset) for v, c in zip(row, write_cols, strict=True)) + ")"
-            for row in rows
-        )
+        literals = (_raw_row_literal(table, row, write_cols, self.position) for row in rows)
         self._insert(plan, literals)
         new = CopyCursor(
             db=cursor.db,
@@ -373,6 +401,21 @@ class Applier:
         with self.conn.cursor() as cur:
             cur.execute(f"SELECT {cols} FROM {plan.target} WHERE {where} FOR UPDATE".encode("latin1"))
             return list(cur.fetchall())
+
+
+def _raw_row_literal(
+    table: Table, row: Sequence[bytes | None], columns: Sequence[Column], position: Position
+) -> str:
+    out = []
+    for value, column in zip(row, columns, strict=True):
+        try:
+            out.append(raw_literal(value, column.kind, column.charset))
+        except UncarryableValueError as exc:
+            raise UncarryableValueError(
+                f"copy of {table} column {column.name} (chunk read at source position {position}): {exc};"
+                " nothing of this chunk was written"
+            ) from None
+    return "(" + ",".join(out) + ")"
 
 
 def _values(plan: _TablePlan, columns: Sequence[str], row: Sequence[object]) -> list[object]:

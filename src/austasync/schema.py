@@ -52,6 +52,10 @@ def column_kind(data_type: str, charset: str | None) -> Kind:
         return Kind.DOUBLE
     if dtype == "bit":
         return Kind.BIT
+    if dtype == "enum":
+        return Kind.ENUM
+    if dtype == "set":
+        return Kind.SET
     if dtype in _TEMPORAL:
         return Kind.TEMPORAL
     if dtype in _BINARY:

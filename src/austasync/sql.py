@@ -28,8 +28,13 @@ class Kind(enum.Enum):
     DOUBLE = "double"  # shortest round-trip text: bare
     BIT = "bit"  # read as col+0 (an unsigned integer), written as that integer
     TEMPORAL = "temporal"  # DATE, DATETIME, TIMESTAMP, TIME, YEAR: quoted text
-    TEXT = "text"  # character strings, ENUM, SET, JSON: quoted with the column's charset introducer
+    TEXT = "text"  # character strings, JSON: quoted with the column's charset introducer
     BINARY = "binary"  # BINARY, VARBINARY, BLOB, GEOMETRY: _binary'...'
+    # read as col+0 and written as that number: a label can be lost in decoding (the binlog library drops
+    # non-UTF-8 labels) or be ambiguous ('' is both a possible label and the invalid value of index 0), an index
+    # cannot. ENUM index 0 (the invalid value a non-strict session stored) is refused: a strict target rejects it
+    ENUM = "enum"
+    SET = "set"  # bit mask
 
 
 def quote_ident(name: str) -> str:
@@ -58,8 +63,14 @@ def raw_literal(raw: bytes | None, kind: Kind, charset: str) -> str:
     """
     if raw is None:
         return "NULL"
-    if kind in (Kind.INT, Kind.DECIMAL, Kind.FLOAT, Kind.DOUBLE, Kind.BIT):
+    if kind in (Kind.FLOAT, Kind.DOUBLE):
+        text = raw.decode("ascii")
+        # the server prints the shortest text that round-trips; without an exponent it would parse it as DECIMAL
+        return text if "e" in text.lower() else text + "e0"
+    if kind in (Kind.INT, Kind.DECIMAL, Kind.BIT, Kind.SET):
         return raw.decode("ascii")
+    if kind is Kind.ENUM:
+        return _enum_literal(int(raw))
     if kind is Kind.BINARY:
         return _quoted(raw, "_binary")
     if kind is Kind.TEXT:
@@ -73,9 +84,18 @@ def select_expr(column: str, kind: Kind) -> str:
     if kind is Kind.FLOAT:
         # FLOAT renders with ~6 significant digits; as a DOUBLE it is exact (DESIGN.md, FLOAT is lossy)
         return f"{ident}+0E0"
-    if kind is Kind.BIT:
+    if kind in (Kind.BIT, Kind.ENUM, Kind.SET):
         return f"{ident}+0"
     return ident
+
+
+def _enum_literal(index: int) -> str:
+    if index == 0:
+        raise UncarryableValueError(
+            "ENUM holds the invalid-value index 0 (''), which a strict session cannot write; fix the row on the"
+            " source (UPDATE it to a valid label or NULL)"
+        )
+    return str(index)
 
 
 def _time_literal(value: dt.timedelta) -> str:
@@ -91,15 +111,16 @@ def _time_literal(value: dt.timedelta) -> str:
 def value_literal(value: object, kind: Kind, charset: str) -> str:
     """Literal for a Python value decoded from the binlog (stream path), already adapted by the binlog adapter.
 
-    Accepted: None, int, Decimal, float, str, bytes, date, datetime, timedelta, and ``str`` for zero dates.
-    Anything else is refused: never guess.
+    Accepted: None, int (ENUM index, SET mask, BIT, YEAR included), Decimal, float, bytes (in the column's
+    charset for text columns), ``str`` (the literal text of a temporal value; for text columns, Unicode), and
+    date, datetime, timedelta (values read back from the target). Anything else is refused: never guess.
     """
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):
-        return str(value)
+        return _enum_literal(value) if kind is Kind.ENUM else str(value)
     if isinstance(value, decimal.Decimal):
         # plain notation: an exponent would make the server parse an approximate DOUBLE
         return format(value, "f")
@@ -117,6 +138,9 @@ def value_literal(value: object, kind: Kind, charset: str) -> str:
     if isinstance(value, str):
         if kind is Kind.BINARY:
             raise UncarryableValueError(f"text value for binary column ({kind.value})")
+        if kind is Kind.TEMPORAL:
+            # the server's own text form, zero and partial-zero dates included, read in time_zone '+00:00'
+            return _quoted(value.encode("ascii"), "")
         return _quoted(value.encode("utf-8"), "_utf8mb4")
     if isinstance(value, dt.datetime):
         return f"'{value:%Y-%m-%d %H:%M:%S}.{value.microsecond:06d}'"

@@ -8,8 +8,12 @@ Traps of the library handled here (DESIGN.md, notes/binlog-library.md):
 - ``log_pos`` is ignored without ``resume_stream`` and ``is_mariadb`` starts at the oldest binlog: we use the
   MySQL dump path with file/pos on both flavours;
 - a ``None`` is SQL NULL only when ``none_sources`` says so; any other ``None`` stops the stream;
-- BINARY(n) loses trailing zero bytes, YEAR 0 comes as 1900, the zero TIMESTAMP as the epoch, BIT as a string of
-  digits, SET as a Python set, MySQL JSON as a structure with bytes keys: each is adapted back exactly.
+- its value decoders lose or corrupt values (zero and partial-zero dates become None, negative TIME with a
+  fraction is mis-signed, latin1 is decoded as cp1252 and raises on 0x81, YEAR 0 becomes 1900, the zero
+  TIMESTAMP the epoch, ENUM/SET labels that are not UTF-8 become '', BIT a string of digits, JSON null and SQL
+  NULL are both None). Its per-column dispatcher is replaced below for those types by decoders that read the
+  binlog bytes exactly, following the server's own packing (sql/field.cc, mysys/my_time.c); the other types
+  (integers, DECIMAL, FLOAT, DOUBLE, GEOMETRY) keep the library's decoders, which are exact.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import queue
+import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +32,8 @@ from typing import Any
 
 import pymysqlreplication.binlogstream as _binlogstream
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.bitmap import BitGet
+from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
     BeginLoadQueryEvent,
     ExecuteLoadQueryEvent,
@@ -51,6 +60,7 @@ from pymysqlreplication.event import (
 from pymysqlreplication.row_event import (
     DeleteRowsEvent,
     PartialUpdateRowsEvent,
+    RowsEvent,
     TableMapEvent,
     UpdateRowsEvent,
     WriteRowsEvent,
@@ -93,7 +103,6 @@ _EVENT_NAMES = {
     171: "MariaDB compressed DELETE_ROWS",
 }
 _FL_STANDALONE = 1  # MariaDB GTID flag: the group is one statement (DDL) with no COMMIT
-_ZERO_TIMESTAMP = dt.datetime(1970, 1, 1)
 
 _IGNORED = (
     FormatDescriptionEvent,
@@ -111,49 +120,314 @@ _IGNORED = (
 )
 
 
-def _json_text(value: Any, where: str) -> str:
-    """MySQL binary JSON decoded by the library back to JSON text (keys and strings arrive as bytes)."""
-
-    def norm(obj: Any) -> Any:
-        if isinstance(obj, bytes):
-            return obj.decode("utf-8")
-        if isinstance(obj, dict):
-            return {norm(k): norm(v) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return [norm(v) for v in obj]
-        if obj is None or isinstance(obj, bool | int | float | str):
-            return obj
-        raise UncarryableValueError(f"{where}: JSON holds an opaque {type(obj).__name__} value; cannot carry it")
-
-    return json.dumps(norm(value), ensure_ascii=False, separators=(", ", ": "))
+# --- exact value decoders ---------------------------------------------------------------------------------------
+#
+# Each reads one non-NULL column value from the rows event's packet, as the server packed it. Temporal values come
+# back as the literal text the server would print (zero and partial-zero dates included, which no Python type can
+# hold); strings, BLOBs and MariaDB JSON as their raw bytes in the column's charset (written back with that
+# charset's introducer, so no codec can disagree with the server's); ENUM and SET as their index / bit mask
+# (labels that are not UTF-8 are lost by the library, and a number is how the server itself stores them).
 
 
-def _adapter(column: Column, where: str) -> Callable[[Any], Any]:
-    """A function turning the library's value for this column into one :func:`sql.value_literal` writes exactly."""
-    dtype = column.data_type
-    if column.kind is Kind.BIT:
-        return lambda v: int(v, 2) if isinstance(v, str) else v
-    if dtype == "set":
-        return lambda v: ",".join(sorted(v)) if isinstance(v, set) else v
-    if dtype == "year":
-        return lambda v: 0 if v == 1900 else v
-    if dtype == "timestamp":
-        return lambda v: "0000-00-00 00:00:00" if v == _ZERO_TIMESTAMP else v
-    if dtype == "time":
+class BinaryJson(bytes):
+    """A MySQL binary JSON document exactly as logged; :func:`_json_text` turns it into JSON text."""
 
-        def time_value(v: Any) -> Any:
-            if isinstance(v, dt.timedelta) and v < dt.timedelta(0) and v.microseconds:
-                # the library decodes negative TIME with a fraction wrongly (notes/binlog-library.md §2)
-                raise UncarryableValueError(f"{where}: negative TIME with fractional seconds cannot be decoded exactly")
+
+class _DecodeError(Exception):
+    """A column value the decoders refuse; the reader adds table and binlog position."""
+
+    def __init__(self, column: str, reason: str) -> None:
+        super().__init__(f"column {column}: {reason}")
+        self.column = column
+        self.reason = reason
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_DATETIMEF_INT_OFS = 0x8000000000
+_TIMEF_INT_OFS = 0x800000
+
+
+def _frac_size(column: Any) -> int:
+    """Bytes of the fractional part: 1 for fsp 1-2, 2 for 3-4, 3 for 5-6 (my_time.c)."""
+    return (int(column.fsp) + 1) // 2
+
+
+def _read_frac(packet: Any, size: int) -> int:
+    """The unsigned fractional part, in microseconds."""
+    if size == 0:
+        return 0
+    micro: int = int.from_bytes(packet.read(size), "big") * 10 ** (6 - 2 * size)
+    if micro >= 1_000_000:
+        raise ValueError(f"fractional part {micro} out of range")
+    return micro
+
+
+def _hms(packed: int) -> str:
+    return f"{(packed >> 12) & 0x3FF:02d}:{(packed >> 6) & 0x3F:02d}:{packed & 0x3F:02d}"
+
+
+def _decode_date(packet: Any, column: Any) -> str:
+    del column
+    value = int.from_bytes(packet.read(3), "little")
+    return f"{value >> 9:04d}-{(value >> 5) & 0x0F:02d}-{value & 0x1F:02d}"
+
+
+def _decode_datetime2(packet: Any, column: Any) -> str:
+    # 1 bit sign (always set), 17 bits year*13+month, 5 day, 5 hour, 6 minute, 6 second; then the fraction
+    intpart = int.from_bytes(packet.read(5), "big") - _DATETIMEF_INT_OFS
+    micro = _read_frac(packet, _frac_size(column))
+    if intpart < 0:
+        raise ValueError("negative DATETIME")
+    ymd, year_month = intpart >> 17, intpart >> 22
+    return f"{year_month // 13:04d}-{year_month % 13:02d}-{ymd & 0x1F:02d} {_hms(intpart & 0x1FFFF)}.{micro:06d}"
+
+
+def _decode_time2(packet: Any, column: Any) -> str:
+    # The integer and fractional parts form one big-endian fixed-point number offset by 0x800000 << frac bits
+    # (my_time_packed_to_binary): a negative value is the negation of the whole, fraction included. The library
+    # reads the fraction as a separate signed number, so -00:00:01.25 comes out as -1.75 s.
+    size = _frac_size(column)
+    bits = 8 * size
+    value = int.from_bytes(packet.read(3 + size), "big") - (_TIMEF_INT_OFS << bits)
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    frac = value & ((1 << bits) - 1)
+    micro = frac * 10 ** (6 - 2 * size) if size else 0
+    if micro >= 1_000_000:
+        raise ValueError(f"fractional part {micro} out of range")
+    return f"{sign}{_hms(value >> bits)}.{micro:06d}"
+
+
+def _timestamp_text(seconds: int, micro: int) -> str:
+    if seconds == 0 and micro == 0:
+        # the zero TIMESTAMP, never the epoch. MariaDB does store 0 s with a fraction (an out-of-range value
+        # written in a non-strict session keeps its fraction) and prints it, and accepts it back, as 1970-01-01
+        # 00:00:00.f UTC
+        return "0000-00-00 00:00:00"
+    return f"{_EPOCH + dt.timedelta(seconds=seconds):%Y-%m-%d %H:%M:%S}.{micro:06d}"
+
+
+def _decode_timestamp2(packet: Any, column: Any) -> str:
+    # unsigned: MariaDB 11.5+ extends TIMESTAMP to 2106
+    seconds = int.from_bytes(packet.read(4), "big")
+    return _timestamp_text(seconds, _read_frac(packet, _frac_size(column)))
+
+
+def _decode_timestamp_old(packet: Any, column: Any) -> str:
+    del column
+    return _timestamp_text(int.from_bytes(packet.read(4), "little"), 0)
+
+
+def _decode_datetime_old(packet: Any, column: Any) -> str:
+    del column
+    value = int.from_bytes(packet.read(8), "little")  # YYYYMMDDhhmmss as a decimal number
+    date, time = divmod(value, 1_000_000)
+    return f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d} {time // 10000:02d}:{time // 100 % 100:02d}:{time % 100:02d}"
+
+
+def _decode_time_old(packet: Any, column: Any) -> str:
+    del column
+    value = int.from_bytes(packet.read(3), "little", signed=True)  # +-HHMMSS as a decimal number
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    return f"{sign}{value // 10000:02d}:{value // 100 % 100:02d}:{value % 100:02d}"
+
+
+def _decode_year(packet: Any, column: Any) -> int:
+    del column
+    value = int(packet.read(1)[0])
+    return 0 if value == 0 else 1900 + value  # 0 is YEAR 0000, not 1900 (which YEAR cannot hold)
+
+
+def _decode_int_le(packet: Any, column: Any) -> int:
+    return int.from_bytes(packet.read(int(column.size)), "little")
+
+
+def _decode_bit(packet: Any, column: Any) -> int:
+    return int.from_bytes(packet.read(int(column.bytes)), "big")
+
+
+def _decode_varchar(packet: Any, column: Any) -> bytes:
+    size = 2 if int(column.max_length) > 255 else 1
+    return bytes(packet.read(int.from_bytes(packet.read(size), "little")))
+
+
+def _decode_blob(packet: Any, column: Any) -> bytes:
+    return bytes(packet.read(int.from_bytes(packet.read(int(column.length_size)), "little")))
+
+
+def _decode_json(packet: Any, column: Any) -> BinaryJson:
+    return BinaryJson(packet.read(int.from_bytes(packet.read(int(column.length_size)), "little")))
+
+
+_DECODERS: dict[int, Callable[[Any, Any], object]] = {
+    FIELD_TYPE.DATE: _decode_date,
+    FIELD_TYPE.DATETIME2: _decode_datetime2,
+    FIELD_TYPE.TIME2: _decode_time2,
+    FIELD_TYPE.TIMESTAMP2: _decode_timestamp2,
+    FIELD_TYPE.TIMESTAMP: _decode_timestamp_old,
+    FIELD_TYPE.DATETIME: _decode_datetime_old,
+    FIELD_TYPE.TIME: _decode_time_old,
+    FIELD_TYPE.YEAR: _decode_year,
+    FIELD_TYPE.ENUM: _decode_int_le,
+    FIELD_TYPE.SET: _decode_int_le,
+    FIELD_TYPE.BIT: _decode_bit,
+    FIELD_TYPE.VARCHAR: _decode_varchar,
+    FIELD_TYPE.STRING: _decode_varchar,
+    FIELD_TYPE.BLOB: _decode_blob,
+    FIELD_TYPE.JSON: _decode_json,
+}
+_library_read_value = RowsEvent._RowsEvent__read_values_name
+# DATETIME(n)/TIME(n)/TIMESTAMP(n), n > 0, created with mysql56_temporal_format=OFF: logged as the old types with
+# a metadata byte the library does not read, so every later column of the row is misread. With n = 0 they are
+# the pre-5.6 formats, decoded above.
+_MARIADB53_HIRES = re.compile(r"\([1-6]\)\s*/\*\s*mariadb-5\.3\s*\*/", re.IGNORECASE)
+
+
+def _read_value(
+    self: Any,
+    column: Any,
+    null_bitmap: bytes,
+    null_bitmap_index: int,
+    is_partial: bool,
+    cols_bitmap: bytes,
+    unsigned: bool,
+    i: int,
+) -> object:
+    """Replaces ``RowsEvent.__read_values_name``: our decoders for the types above, the library's for the rest.
+
+    Absent and NULL columns (and partial JSON, refused before its rows are read) stay with the library, which
+    records their ``none_sources``.
+    """
+    try:
+        decode = _DECODERS.get(column.type)
+        if decode is None or is_partial or not BitGet(cols_bitmap, i) or self._is_null(null_bitmap, null_bitmap_index):
+            return _library_read_value(
+                self, column, null_bitmap, null_bitmap_index, is_partial, cols_bitmap, unsigned, i
+            )
+        return decode(self.packet, column)
+    except Exception as exc:  # noqa: BLE001 (the packet is in memory: any failure here is a decoding one)
+        raise _DecodeError(str(column.name), f"{type(exc).__name__}: {exc}") from None
+
+
+RowsEvent._RowsEvent__read_values_name = _read_value
+
+
+def _json_text(raw: bytes) -> str:
+    """MySQL binary JSON as JSON text that the server parses back to the same document.
+
+    The library's parser turns JSON null into None (indistinguishable from SQL NULL), returns None for a
+    truncated object and decodes unknown opaque values with ``errors="ignore"``: this one refuses instead.
+    """
+    if not raw:
+        # what MySQL itself reads for an empty JSON value (e.g. rows that existed when a NOT NULL JSON column
+        # was added; MySQL bug 98496): a JSON null
+        return "null"
+    try:
+        return _json_value(raw[0], raw, 1)
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"JSON value cannot be carried exactly: {exc}") from None
+
+
+_JSON_INLINE_SMALL = {0x04, 0x05, 0x06}
+_JSON_INLINE_LARGE = {0x04, 0x05, 0x06, 0x07, 0x08}
+_JSON_INTS = {0x05: (2, True), 0x06: (2, False), 0x07: (4, True), 0x08: (4, False), 0x09: (8, True), 0x0A: (8, False)}
+
+
+def _json_varlen(buf: bytes, pos: int) -> tuple[int, int]:
+    """A length in 7-bit groups, low group first (json_binary.cc read_variable_length)."""
+    length = 0
+    for i in range(5):
+        byte = buf[pos + i]
+        length |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return length, pos + i + 1
+    raise ValueError("variable length too long")
+
+
+def _json_value(jtype: int, buf: bytes, pos: int) -> str:
+    """The JSON text of the value of type ``jtype`` whose data starts at ``buf[pos]``."""
+    if jtype in (0x00, 0x01, 0x02, 0x03):
+        return _json_container(buf, pos, large=jtype in (0x01, 0x03), is_object=jtype in (0x00, 0x01))
+    if jtype == 0x04:
+        literal = buf[pos]
+        if literal > 2:
+            raise ValueError(f"unknown JSON literal {literal}")
+        return ("null", "true", "false")[literal]
+    if jtype in _JSON_INTS:
+        size, signed = _JSON_INTS[jtype]
+        return str(int.from_bytes(buf[pos : pos + size], "little", signed=signed))
+    if jtype == 0x0B:
+        (value,) = struct.unpack_from("<d", buf, pos)
+        if not math.isfinite(value):
+            raise ValueError("non-finite double in JSON")
+        return repr(value)  # shortest text that parses back to the same double
+    if jtype == 0x0C:
+        length, start = _json_varlen(buf, pos)
+        if start + length > len(buf):
+            raise ValueError("truncated JSON string")
+        return json.dumps(buf[start : start + length].decode("utf-8"), ensure_ascii=False)
+    if jtype == 0x0F:
+        raise ValueError(
+            f"opaque JSON value of MySQL type {buf[pos]} (DECIMAL, DATE, TIME, BLOB... inside JSON) has no JSON text"
+            " that parses back to the same type"
+        )
+    raise ValueError(f"unknown JSON type {jtype}")
+
+
+def _json_container(buf: bytes, start: int, *, large: bool, is_object: bool) -> str:
+    # offsets inside an object or array count from its first byte (the element count)
+    width = 4 if large else 2
+    inline = _JSON_INLINE_LARGE if large else _JSON_INLINE_SMALL
+    count = int.from_bytes(buf[start : start + width], "little")
+    size = int.from_bytes(buf[start + width : start + 2 * width], "little")
+    if start + size > len(buf):
+        raise ValueError("truncated JSON container")
+    key_entry = width + 2
+    value_entry = 1 + width
+    values_at = start + 2 * width + (count * key_entry if is_object else 0)
+    parts = []
+    for i in range(count):
+        entry = values_at + i * value_entry
+        jtype = buf[entry]
+        if jtype in inline:
+            text = _json_value(jtype, buf, entry + 1)
+        else:
+            text = _json_value(jtype, buf, start + int.from_bytes(buf[entry + 1 : entry + 1 + width], "little"))
+        if is_object:
+            key_at = start + 2 * width + i * key_entry
+            key_offset = int.from_bytes(buf[key_at : key_at + width], "little")
+            key_length = int.from_bytes(buf[key_at + width : key_at + width + 2], "little")
+            key = buf[start + key_offset : start + key_offset + key_length].decode("utf-8")
+            parts.append(json.dumps(key, ensure_ascii=False) + ": " + text)
+        else:
+            parts.append(text)
+    return ("{" + ", ".join(parts) + "}") if is_object else ("[" + ", ".join(parts) + "]")
+
+
+def _adapter(column: Column) -> Callable[[Any], Any]:
+    """A function turning a decoded value for this column into one :func:`sql.value_literal` writes exactly.
+
+    It raises ValueError for a value that cannot be carried; the caller names the table, column and position
+    (codecs are cached across events, so they must not hold a position).
+    """
+    if column.kind is Kind.ENUM:
+
+        def enum_value(v: Any) -> Any:
+            if v == 0:
+                # index 0 is the '' a non-strict source stores for an invalid value; a strict target refuses it
+                raise ValueError(
+                    "ENUM holds the invalid-value index 0 (''), which a strict session cannot write; fix the row"
+                    " on the source (UPDATE it to a valid label or NULL)"
+                )
             return v
 
-        return time_value
+        return enum_value
     length = column.binary_length
     if length is not None:
+        # the binlog strips BINARY(n)'s trailing zero bytes; the column always holds n bytes
         return lambda v: v.ljust(length, b"\0") if isinstance(v, bytes) else v
-    if dtype == "json":
-        return lambda v: v if isinstance(v, str | bytes) or v is None else _json_text(v, where)
-    return lambda v: v
+    return lambda v: _json_text(v) if isinstance(v, BinaryJson) else v
 
 
 class _TableCodec:
@@ -166,8 +440,15 @@ class _TableCodec:
                 f"{where}: the binlog's columns for {table} ({', '.join(names)}) differ from the schema austasync"
                 f" loaded ({', '.join(known)}); a DDL was applied that austasync did not replay. Re-copy the table"
             )
+        for column in table.columns:
+            if _MARIADB53_HIRES.search(column.column_type):
+                raise UncarryableValueError(
+                    f"{where} column {column.name}: {column.column_type} is MariaDB 5.3's temporal format with"
+                    " fractional seconds, whose binlog form austasync cannot decode exactly. On the source, with"
+                    f" mysql56_temporal_format=ON, run ALTER TABLE {table} FORCE (then re-copy the table)"
+                )
         self.names = names
-        self.adapters = [_adapter(c, f"{where} {table}.{c.name}") for c in table.columns]
+        self.adapters = [_adapter(c) for c in table.columns]
 
 
 class BinlogReader:
@@ -305,6 +586,8 @@ class BinlogReader:
             return []
         if isinstance(event, QueryEvent):
             return self._query(event, end, state, ts)
+        if isinstance(event, TableMapEvent):
+            state.last_table = f"{event.schema}.{event.table}"
         if isinstance(event, _IGNORED):
             return [] if state.in_txn or state.standalone else [Boundary(end)]
         if isinstance(event, XAPrepareEvent):
@@ -314,9 +597,12 @@ class BinlogReader:
         if isinstance(event, NotImplementedEvent) and event.event_type in _HARMLESS_UNKNOWN:
             return [] if state.in_txn or state.standalone else [Boundary(end)]
         name = _EVENT_NAMES.get(event.event_type, type(event).__name__)
+        # the event itself is not decoded; the table map just before it names the table it most likely changes
+        table = f" (after the table map of {state.last_table})" if state.in_txn and state.last_table else ""
         raise UncarryableValueError(
-            f"binlog event {name} (type {event.event_type}) at {end}: austasync cannot apply it exactly."
-            " Turn off binlog/transaction compression and partial JSON updates on the source"
+            f"binlog event {name} (type {event.event_type}) ending at {end}{table}: austasync cannot apply it"
+            " exactly. Turn off binlog compression (MariaDB log_bin_compress, MySQL binlog_transaction_compression)"
+            " and partial JSON updates (binlog_row_value_options) on the source"
         )
 
     def _query(self, event: Any, end: Position, state: _TxnState, ts: int) -> list[Event]:
@@ -365,9 +651,13 @@ class BinlogReader:
         codec = self._codec(event.table_id, table, names, where)
         try:
             raw_rows = event.rows
-        except UnicodeDecodeError as exc:
+        except _DecodeError as exc:
             raise UncarryableValueError(
-                f"{where}: a string value is not valid in its column charset ({exc.reason})"
+                f"{where} {exc.column}: the binlog value cannot be decoded exactly ({exc.reason})"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 (the packet is in memory: any failure here is a decoding one)
+            raise UncarryableValueError(
+                f"{where}: the rows event cannot be decoded exactly ({type(exc).__name__}: {exc})"
             ) from None
         kind = (
             "insert"
@@ -400,20 +690,29 @@ class BinlogReader:
 def _adapt(codec: _TableCodec, values: Mapping[str, Any], nones: Mapping[str, str], where: str) -> Row:
     out: list[Any] = []
     for name, adapt in zip(codec.names, codec.adapters, strict=True):
-        value = values.get(name)
+        if name not in values:
+            raise UncarryableValueError(f"{where} column {name}: missing from the row image; refusing to guess")
+        value = values[name]
         if value is None:
+            # our decoders never return None: any other reason than NULL (a column absent from a MINIMAL or
+            # NOBLOB image, an unchanged partial JSON) means the value is simply not there
             source = nones.get(name, "null")
-            if source == "empty set":
-                out.append("")
-                continue
             if source != "null":
+                hint = (
+                    "; a session on the source runs with binlog_row_image other than FULL"
+                    if source == "cols bitmap"
+                    else ""
+                )
                 raise UncarryableValueError(
-                    f"{where} column {name}: the binlog value is not NULL but could not be decoded ({source});"
-                    " refusing to write a guess"
+                    f"{where} column {name}: the binlog value is not NULL but is not in the event ({source}){hint}."
+                    " Refusing to write a guess"
                 )
             out.append(None)
             continue
-        out.append(adapt(value))
+        try:
+            out.append(adapt(value))
+        except ValueError as exc:
+            raise UncarryableValueError(f"{where} column {name}: {exc}") from None
     return tuple(out)
 
 
@@ -424,10 +723,12 @@ class _TxnState:
         self.in_txn = False
         self.standalone = False
         self.seq = 0
+        self.last_table = ""
 
     def begin(self) -> None:
         self.in_txn = True
         self.seq = 0
+        self.last_table = ""
 
 
 def _translate(exc: BaseException, start: Position) -> BaseException:
