@@ -23,7 +23,7 @@ from austasync.db import ER_DUP_ENTRY, Connection, execute_raw, query
 from austasync.errors import DriftError, UncarryableValueError
 from austasync.events import Row, Rows
 from austasync.position import Position
-from austasync.schema import Column, ForeignKey, Table, TableId
+from austasync.schema import ForeignKey, Table, TableId
 from austasync.sql import Kind, after_key, at_most_key, in_list, qualified, quote_ident, raw_literal, value_literal
 from austasync.state import CopyCursor, TargetState
 
@@ -208,13 +208,16 @@ class Applier:
         for i in range(0, len(keys), MAX_KEYS_PER_DELETE):
             part = [plan.key_literal(k) for k in keys[i : i + MAX_KEYS_PER_DELETE]]
             self._execute(f"DELETE FROM {plan.target} WHERE {in_list(plan.table.key, part)}", plan)
-        rows = (plan.row_literal(r) for r in images.values() if r is not DELETED)
-        try:
-            self._insert(plan, rows)
-        except UncarryableValueError as exc:
-            raise UncarryableValueError(
-                f"stream up to source position {self.position}: {exc}; nothing of this batch was committed"
-            ) from None
+
+        def literal(row: Row) -> str:
+            try:
+                return plan.row_literal(row)
+            except UncarryableValueError as exc:
+                raise UncarryableValueError(
+                    f"stream up to source position {self.position}: {exc}; nothing of this batch was committed"
+                ) from None
+
+        self._insert(plan, (literal(r) for r in images.values() if r is not DELETED))
 
     def _insert(self, plan: _TablePlan, literals: Iterable[str]) -> None:
         head = f"INSERT INTO {plan.target} ({plan.write_cols}) VALUES "
@@ -247,7 +250,7 @@ class Applier:
                 # type): a stop at the checkpoint, not a connection failure to retry
                 raise UncarryableValueError(
                     f"the target refused a value of {plan.table} written at source position {self.position}:"
-                    f" error {code}: {exc.args[1]}. Nothing of this transaction was committed"
+                    f" error {code}: {exc.args[1]}. Nothing of this target transaction was committed"
                 ) from None
             raise
 
@@ -289,7 +292,7 @@ class Applier:
         self,
         table: Table,
         cursor: CopyCursor,
-        rows: Sequence[Sequence[bytes | None]],
+        literals: Sequence[str],
         last_key: tuple[bytes, ...] | None,
         is_last: bool,
     ) -> CopyCursor:
@@ -298,7 +301,6 @@ class Applier:
         The applier stands at exactly P, so the range becomes equal to the source at the stream's position.
         """
         plan = self.plans[table.id]
-        write_cols = [table.columns[i] for i in plan.write_idx]
         key_cols = table.key_columns
         self.flush()
         self._open()
@@ -311,14 +313,13 @@ class Applier:
             conds.append(at_most_key(table.key, lits))
         where = " AND ".join(conds) if conds else "1=1"
         self._execute(f"DELETE FROM {plan.target} WHERE {where}", plan)
-        literals = (_raw_row_literal(table, row, write_cols, self.position) for row in rows)
         self._insert(plan, literals)
         new = CopyCursor(
             db=cursor.db,
             table=cursor.table,
             cursor=last_key if last_key is not None else cursor.cursor,
             done=is_last,
-            rows_copied=cursor.rows_copied + len(rows),
+            rows_copied=cursor.rows_copied + len(literals),
             rows_estimated=cursor.rows_estimated,
         )
         self.state.save_cursor(self.conn, new)
@@ -401,21 +402,6 @@ class Applier:
         with self.conn.cursor() as cur:
             cur.execute(f"SELECT {cols} FROM {plan.target} WHERE {where} FOR UPDATE".encode("latin1"))
             return list(cur.fetchall())
-
-
-def _raw_row_literal(
-    table: Table, row: Sequence[bytes | None], columns: Sequence[Column], position: Position
-) -> str:
-    out = []
-    for value, column in zip(row, columns, strict=True):
-        try:
-            out.append(raw_literal(value, column.kind, column.charset))
-        except UncarryableValueError as exc:
-            raise UncarryableValueError(
-                f"copy of {table} column {column.name} (chunk read at source position {position}): {exc};"
-                " nothing of this chunk was written"
-            ) from None
-    return "(" + ",".join(out) + ")"
 
 
 def _values(plan: _TablePlan, columns: Sequence[str], row: Sequence[object]) -> list[object]:

@@ -20,17 +20,69 @@ from dataclasses import dataclass
 
 from austasync.config import DatabaseConfig
 from austasync.db import Connection, connect, query, server_flavor, setup_raw_copy_session, start_snapshot
-from austasync.errors import UnavailableError
+from austasync.errors import UnavailableError, UncarryableValueError
 from austasync.position import Position
-from austasync.schema import Table
-from austasync.sql import after_key, qualified, raw_literal, select_expr
+from austasync.schema import Column, Table
+from austasync.sql import Kind, after_key, qualified, quote_ident, raw_literal, select_expr
 
 
 @dataclass(frozen=True)
 class Chunk:
-    rows: list[tuple[bytes | None, ...]]
+    """A key range read at the snapshot: each row as its ready ``(v1,v2,...)`` literal (bytes as latin1 text)."""
+
+    literals: list[str]
     last_key: tuple[bytes, ...] | None
     is_last: bool
+
+    @property
+    def count(self) -> int:
+        return len(self.literals)
+
+
+# a row literal the server could not build (bigger than its max_allowed_packet: CONCAT gives NULL) or holding
+# the ENUM index 0 marker is re-read column by column, where the exact check and message live
+_ENUM_ZERO = "!ENUM0!"
+
+
+def _row_literal(
+    table: Table, row: Sequence[bytes | None], columns: Sequence[Column], position: Position | None
+) -> str:
+    out = []
+    for value, column in zip(row, columns, strict=True):
+        try:
+            out.append(raw_literal(value, column.kind, column.charset))
+        except UncarryableValueError as exc:
+            raise UncarryableValueError(
+                f"copy of {table} column {column.name} (chunk read at source position {position}): {exc};"
+                " nothing of this chunk was written"
+            ) from None
+    return "(" + ",".join(out) + ")"
+
+
+def literal_expr(column: Column) -> str:
+    """SQL that makes the *source* render the column's exact literal, so Python only joins text.
+
+    Rendering in Python cost 2.2 s per 250k sysbench rows against 1.2 s for reading them (measured here); the
+    server does the same escaping in C. Text is cast to binary before CONCAT, so no charset conversion can touch
+    its bytes, and gets the column's charset introducer; binary strings get ``_binary``.
+    """
+    c = quote_ident(column.name)
+    kind = column.kind
+    if kind in (Kind.INT, Kind.DECIMAL):
+        return f"IFNULL(CAST({c} AS CHAR), 'NULL')"
+    if kind in (Kind.FLOAT, Kind.DOUBLE):
+        text = f"CAST({c}+0E0 AS CHAR)"
+        # an exponent makes the target parse a DOUBLE, never an approximate DECIMAL conversion
+        return f"IF({c} IS NULL, 'NULL', IF(LOCATE('e', {text}) > 0, {text}, CONCAT({text}, 'e0')))"
+    if kind in (Kind.BIT, Kind.SET):
+        return f"IFNULL(CAST({c}+0 AS CHAR), 'NULL')"
+    if kind is Kind.ENUM:
+        return f"IF({c} IS NULL, 'NULL', IF({c}+0 = 0, '{_ENUM_ZERO}', CAST({c}+0 AS CHAR)))"
+    if kind is Kind.BINARY:
+        return f"IF({c} IS NULL, 'NULL', CONCAT('_binary', QUOTE(CAST({c} AS BINARY))))"
+    if kind is Kind.TEXT:
+        return f"IF({c} IS NULL, 'NULL', CONCAT('_{column.charset}', QUOTE(CAST({c} AS BINARY))))"
+    return f"QUOTE({c})"  # temporal: QUOTE(NULL) is the word NULL
 
 
 class SnapshotReader:
@@ -42,6 +94,7 @@ class SnapshotReader:
         setup_raw_copy_session(self.conn)
         self.flavor, self.version = server_flavor(self.conn)
         self.open = False
+        self.position: Position | None = None
 
     def open_snapshot(self, tables: Sequence[Table]) -> Position:
         """Open a consistent snapshot and return its exact binlog position."""
@@ -49,7 +102,8 @@ class SnapshotReader:
             start_snapshot(self.conn)
             rows = dict(query(self.conn, "SHOW STATUS LIKE 'Binlog_snapshot_%'"))
             self.open = True
-            return Position(_text(rows[b"Binlog_snapshot_file"]), int(rows[b"Binlog_snapshot_position"]))
+            self.position = Position(_text(rows[b"Binlog_snapshot_file"]), int(rows[b"Binlog_snapshot_position"]))
+            return self.position
         return self._open_mysql(tables)
 
     def _open_mysql(self, tables: Sequence[Table]) -> Position:
@@ -65,7 +119,8 @@ class SnapshotReader:
         if not status:
             raise UnavailableError("SHOW MASTER STATUS returned nothing: is the source's binlog on?")
         self.open = True
-        return Position(_text(status[0][0]), int(status[0][1]))
+        self.position = Position(_text(status[0][0]), int(status[0][1]))
+        return self.position
 
     def close_snapshot(self) -> None:
         if self.open:
@@ -74,24 +129,42 @@ class SnapshotReader:
 
     def read_chunk(self, table: Table, cursor: tuple[bytes, ...] | None, limit: int) -> Chunk:
         """The next ``limit`` rows after ``cursor`` in key order; fewer means this is the table's last chunk."""
+        row = "CONCAT('(', " + ", ',', ".join(literal_expr(c) for c in table.writable) + ", ')')"
+        keys = ",".join(select_expr(c.name, c.kind) for c in table.key_columns)
+        rows = self._select(table, f"{row}, {keys}", cursor, limit)
+        if not rows:
+            return Chunk(literals=[], last_key=None, is_last=True)
+        literals = [r[0].decode("latin1") if r[0] is not None else None for r in rows]
+        if any(lit is None or _ENUM_ZERO in lit for lit in literals):
+            return self._read_chunk_by_column(table, cursor, limit)
+        return Chunk(literals=literals, last_key=tuple(rows[-1][1:]), is_last=len(rows) < limit)  # type: ignore[arg-type]
+
+    def _read_chunk_by_column(self, table: Table, cursor: tuple[bytes, ...] | None, limit: int) -> Chunk:
+        """The same chunk with each column read raw and rendered in Python (huge rows, exact error messages)."""
         writable = table.writable
-        cols = ",".join(select_expr(c.name, c.kind) for c in writable)
-        order = ",".join(f"`{k}`" for k in table.key)
+        rows = self._select(table, ",".join(select_expr(c.name, c.kind) for c in writable), cursor, limit)
+        names = [c.name for c in writable]
+        key_idx = [names.index(k) for k in table.key]
+        literals = [_row_literal(table, row, writable, self.position) for row in rows]
+        last_key = tuple(rows[-1][i] for i in key_idx)
+        return Chunk(literals=literals, last_key=last_key, is_last=len(rows) < limit)  # type: ignore[arg-type]
+
+    def read_rows(self, table: Table, cursor: tuple[bytes, ...] | None, limit: int) -> list[tuple[bytes | None, ...]]:
+        """Raw column values (as the server renders them) of the next rows after ``cursor``."""
+        return self._select(table, ",".join(select_expr(c.name, c.kind) for c in table.writable), cursor, limit)
+
+    def _select(
+        self, table: Table, columns: str, cursor: tuple[bytes, ...] | None, limit: int
+    ) -> list[tuple[bytes | None, ...]]:
+        order = ",".join(quote_ident(k) for k in table.key)
         where = ""
         if cursor is not None:
             lits = [raw_literal(v, c.kind, c.charset) for v, c in zip(cursor, table.key_columns, strict=True)]
             where = f" WHERE {after_key(table.key, lits)}"
-        sql = f"SELECT {cols} FROM {qualified(table.db, table.name)}{where} ORDER BY {order} LIMIT {limit}"
+        sql = f"SELECT {columns} FROM {qualified(table.db, table.name)}{where} ORDER BY {order} LIMIT {limit}"
         with self.conn.cursor() as cur:
             cur.execute(sql.encode("latin1"))
-            rows = list(cur.fetchall())
-        if not rows:
-            return Chunk(rows=[], last_key=None, is_last=True)
-        names = [c.name for c in writable]
-        key_idx = [names.index(k) for k in table.key]
-        last = rows[-1]
-        last_key = tuple(last[i] for i in key_idx)
-        return Chunk(rows=rows, last_key=last_key, is_last=len(rows) < limit)
+            return list(cur.fetchall())
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # already closed or broken: nothing left to release

@@ -684,15 +684,15 @@ class Daemon:
                         f"internal error: chunk of {table} read after key {start!r} but the saved cursor is"
                         f" {cursor.cursor!r}; refusing to write it"
                     )
-                new = applier.write_chunk(table, cursor, chunk.rows, chunk.last_key, chunk.is_last)
+                new = applier.write_chunk(table, cursor, chunk.literals, chunk.last_key, chunk.is_last)
                 applier.commit(phase=self.telemetry.phase)
                 self.telemetry.set_cursor(new)
-                self.metrics.copied_rows.inc(len(chunk.rows))
-                copied += len(chunk.rows)
+                self.metrics.copied_rows.inc(chunk.count)
+                copied += chunk.count
                 self.log.info(
                     "chunk copied",
                     table=str(table),
-                    rows=len(chunk.rows),
+                    rows=chunk.count,
                     total=new.rows_copied,
                     done=new.done,
                     at=str(position),
