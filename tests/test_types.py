@@ -283,7 +283,25 @@ STRINGS = Family(
     ],
 )
 
-FAMILIES = [NUMBERS, TEMPORAL, STRINGS]
+# MariaDB's own fixed-length binary types: the binlog holds their in-memory bytes minus trailing zeros (as for
+# BINARY(n)); a version-1 UUID is stored with its segments swapped, which the binlog form does not show
+MARIADB_ONLY = Family(
+    "t_mariadb",
+    [("u", "UUID"), ("i6", "INET6")],
+    [
+        {"u": "'123e4567-e89b-12d3-a456-426614174000'", "i6": "'2001:db8::ff00:42:8329'"},
+        {"u": "'00000000-0000-0000-0000-000000000000'", "i6": "'::'"},
+        {"u": "'6ccd780c-baba-1026-9564-5b8c656024db'", "i6": "'ffff:ffff::1:2:3'"},  # text of 16 characters
+        {"u": "'12345678-0000-0000-0000-000000000000'", "i6": "'2001:db8::'"},
+        {"u": "'ffffffff-ffff-4fff-8fff-ffffffffffff'", "i6": "'::ffff:192.0.2.1'"},
+        {},
+    ],
+)
+
+
+def families(env: Env) -> list[Family]:
+    mariadb = "mariadb" in str(env.source.execute("SELECT VERSION()")[0][0]).lower()
+    return [NUMBERS, TEMPORAL, STRINGS, *([MARIADB_ONLY] if mariadb else [])]
 
 
 def source_session(env: Env, time_zone: str | None = None) -> pymysql.connections.Connection:  # type: ignore[type-arg]
@@ -342,6 +360,7 @@ def assert_same(env: Env, table: str, phase: str) -> list[str]:
 
 def test_every_type_survives_copy_and_stream(tenv: Env) -> None:
     env = tenv
+    FAMILIES = families(env)
     conn = source_session(env)  # the source's own zone, +05:45
     try:
         run(conn, [f.create() for f in FAMILIES])
@@ -669,3 +688,45 @@ def test_old_temporal_format_with_fractions_stops_the_stream(tenv: Env) -> None:
     for needle in (f"{env.db}.t", "column at", "mariadb-5.3", "ALTER TABLE", "FORCE"):
         assert needle in message
     _assert_untouched_past(env, message, rows, before)
+
+
+def test_mariadb_uuid_and_inet6_primary_keys(tenv: Env) -> None:
+    """Keys of MariaDB's UUID and INET6 types: matched on the target by their binary form, moved and deleted."""
+    env = tenv
+    if "mariadb" not in str(env.source.execute("SELECT VERSION()")[0][0]).lower():
+        pytest.skip("UUID and INET6 are MariaDB types")
+    conn = source_session(env)
+    uuids = ["00000000-0000-0000-0000-000000000000", "6ccd780c-baba-1026-9564-5b8c656024db",
+             "12345678-0000-0000-0000-000000000000", "123e4567-e89b-12d3-a456-426614174000"]
+    try:
+        run(
+            conn,
+            [
+                "CREATE TABLE tu (id UUID NOT NULL PRIMARY KEY, n INT)",
+                "CREATE TABLE ti (a INET6 NOT NULL, b INT NOT NULL, n INT, PRIMARY KEY (a, b))",
+                "INSERT INTO tu VALUES " + ",".join(f"('{u}', {i})" for i, u in enumerate(uuids)),
+                "INSERT INTO ti VALUES ('::', 1, 1), ('ffff:ffff::1:2:3', 2, 2), ('2001:db8::', 3, 3)",
+            ],
+        )
+        proc = env.start_daemon()
+        env.wait_caught_up(proc=proc)
+        for table, key in (("tu", "id"), ("ti", "a, b")):
+            assert dump(env.source, env.db, table, key) == dump(env.target, env.db, table, key), table
+        run(
+            conn,
+            [
+                "UPDATE tu SET n = n + 10",
+                f"UPDATE tu SET id = 'ffffffff-ffff-1fff-8fff-ffffffffffff' WHERE id = '{uuids[0]}'",
+                f"DELETE FROM tu WHERE id = '{uuids[1]}'",
+                "INSERT INTO tu VALUES ('00000000-0000-0000-0000-000000000001', 9)",
+                "UPDATE ti SET a = '::1' WHERE a = '::'",
+                "UPDATE ti SET n = 20 WHERE a = 'ffff:ffff::1:2:3'",
+                "DELETE FROM ti WHERE a = '2001:db8::'",
+            ],
+        )
+        env.wait_caught_up(proc=proc)
+        for table, key in (("tu", "id"), ("ti", "a, b")):
+            assert dump(env.source, env.db, table, key) == dump(env.target, env.db, table, key), table
+        assert env.target.execute(f"SELECT COUNT(*) FROM {env.db}.tu") == [(4,)]
+    finally:
+        conn.close()

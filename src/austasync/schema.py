@@ -20,6 +20,7 @@ TableId = tuple[str, str]  # (database, table) on the source
 
 _INT_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 _TEMPORAL = {"date", "datetime", "timestamp", "time", "year"}
+_FIXEDBIN = {"uuid": 16, "inet6": 16, "inet4": 4}  # MariaDB types stored as fixed-length binary
 _BINARY = {
     "binary",
     "varbinary",
@@ -56,6 +57,8 @@ def column_kind(data_type: str, charset: str | None) -> Kind:
         return Kind.ENUM
     if dtype == "set":
         return Kind.SET
+    if dtype in _FIXEDBIN:
+        return Kind.FIXEDBIN
     if dtype in _TEMPORAL:
         return Kind.TEMPORAL
     if dtype in _BINARY:
@@ -78,7 +81,10 @@ class Column:
 
     @property
     def binary_length(self) -> int | None:
-        """n for BINARY(n): the binlog drops its trailing zero bytes, so images are padded back to n."""
+        """n for BINARY(n) (and MariaDB's UUID, INET6, INET4): the binlog drops trailing zero bytes, so images are
+        padded back to n."""
+        if self.data_type.lower() in _FIXEDBIN:
+            return _FIXEDBIN[self.data_type.lower()]
         if self.data_type.lower() != "binary":
             return None
         match = re.match(r"binary\((\d+)\)", self.column_type.lower())

@@ -35,6 +35,10 @@ class Kind(enum.Enum):
     # cannot. ENUM index 0 (the invalid value a non-strict session stored) is refused: a strict target rejects it
     ENUM = "enum"
     SET = "set"  # bit mask
+    # MariaDB's UUID, INET6, INET4: read as their text, written back as text with no introducer (a _binary
+    # string of exactly the type's length is taken as the binary form: a 16-character INET6 text would be
+    # misread); on the stream the binlog holds the in-memory bytes, written as _binary
+    FIXEDBIN = "fixedbin"
 
 
 def quote_ident(name: str) -> str:
@@ -75,7 +79,7 @@ def raw_literal(raw: bytes | None, kind: Kind, charset: str) -> str:
         return _quoted(raw, "_binary")
     if kind is Kind.TEXT:
         return _quoted(raw, "_" + charset)
-    return _quoted(raw, "")
+    return _quoted(raw, "")  # TEMPORAL, FIXEDBIN: ASCII text in the connection's charset
 
 
 def select_expr(column: str, kind: Kind) -> str:
