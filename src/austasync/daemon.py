@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from austasync import log as logmod
-from austasync import readiness
+from austasync import preflight, readiness, sdnotify
 from austasync.applier import Applier
 from austasync.binlog.adapter import BinlogReader
 from austasync.config import Config
@@ -28,11 +28,9 @@ from austasync.db import (
     Connection,
     connect,
     query,
-    server_flavor,
     setup_source_session,
     setup_target_session,
     status,
-    variable,
 )
 from austasync.errors import (
     AustasyncError,
@@ -87,22 +85,6 @@ _IGNORABLE_IN_TXN = re.compile(r"^\s*(SAVEPOINT|RELEASE\s+SAVEPOINT|ROLLBACK\s+T
 _COMMENT = re.compile(r"/\*(?!!).*?\*/|^\s*(--|#)[^\n]*\n", re.DOTALL)
 
 
-def check_source(conn: Connection) -> list[str]:
-    """The source settings austasync cannot work without; each item says what to change."""
-    problems = []
-    flavor, version = server_flavor(conn)
-    if flavor == "mysql" and version < (8, 0, 14):
-        problems.append(f"MySQL {'.'.join(map(str, version))} is too old: binlog_row_metadata=FULL needs 8.0.14+")
-    if flavor == "mariadb" and version < (10, 5):
-        problems.append(f"MariaDB {'.'.join(map(str, version))} is too old: binlog_row_metadata needs 10.5+")
-    expected = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
-    for name, want in expected.items():
-        have = variable(conn, name)
-        if (have or "").upper() != want:
-            problems.append(f"source {name} is {have or 'unset'}; set {name}={want} in the source's my.cnf")
-    return problems
-
-
 class Daemon:
     """The long-running copy-and-stream process.
 
@@ -145,6 +127,7 @@ class Daemon:
 
     def request_stop(self) -> None:
         """Stop at the next clean point (SIGTERM)."""
+        sdnotify.stopping()
         self._stop.set()
 
     @property
@@ -195,7 +178,7 @@ class Daemon:
         source = connect(self.config.source, "source")
         setup_source_session(source)
         self._conns.append(source)
-        problems = check_source(source)
+        problems = preflight.check_source(source)
         if problems:
             raise SetupError("the source is not set up for row-based replication:\n  " + "\n  ".join(problems))
         tables = load_tables(source, self.config)
@@ -222,6 +205,7 @@ class Daemon:
     def _acquire_lease(self) -> None:
         def waiting(holder: str) -> None:
             self.log.info("lease held by another daemon; waiting", holder=holder)
+            sdnotify.status("waiting for the migration's lease")
             self.telemetry.loop_tick = self.clock()  # waiting for the lease is a healthy state
 
         got = self.mirror.acquire_lease(
@@ -241,6 +225,9 @@ class Daemon:
         self._conns.append(writer)
         setup_target_session(writer)
         self.state.ensure_schema(writer)
+        refused = preflight.refusals(self.config, source, admin)
+        if refused:
+            raise SetupError("`austasync preflight` checks fail; fix them first:\n  " + "\n  ".join(refused))
         generation = self.state.take_over(writer, [connection_id(writer), connection_id(admin)])
         self.telemetry.generation = generation
         self.log.info("fenced the target", generation=generation)
@@ -282,6 +269,7 @@ class Daemon:
             phase=self.telemetry.phase,
             tables=len(tables),
         )
+        sdnotify.ready(f"{self.telemetry.phase} from {checkpoint.position}")
         if self.on_ready:
             self.on_ready()
         try:
@@ -717,7 +705,9 @@ class Daemon:
             if self.stopping:
                 return False
             event = _next(reader, timeout=0.2)
-            self.telemetry.loop_tick = self.clock()
+            if self.clock() - self.telemetry.loop_tick > 1.0:
+                self.telemetry.loop_tick = self.clock()
+                sdnotify.watchdog()  # a long catch-up to a barrier does not pass through the housekeeping
             if event is None:
                 continue
             self._handle(event, applier)
@@ -740,6 +730,8 @@ class Daemon:
         throttle = self.telemetry.throttle
         if self.clock() - throttle.checked >= self.config.throttle.check_interval_seconds:
             throttle.checked = self.clock()
+            sdnotify.watchdog()  # from the loop itself: a hung loop stops the pings and systemd restarts us
+            sdnotify.status(f"{self.telemetry.phase}, lag {self.telemetry.lag_seconds():.1f}s")
             self._check_throttle(source)
             self.telemetry.refresh_source(source)
             if not self.mirror.renew_lease(self.config.replication.lease_seconds):

@@ -3,7 +3,7 @@
 It only reads: no server setting, table or key is changed. Each check ends ``pass``, ``warn`` (works, but an
 operator should know), ``fail`` (``run`` would refuse, stop later, or copy wrongly) or ``info``. The source's
 replication settings, table keys and engines, foreign-key coverage and the target's shape and triggers are
-checked by the very functions ``run`` uses at start-up (:func:`austasync.daemon.check_source`,
+checked by the very functions ``run`` uses at start-up (:func:`check_source`,
 :mod:`austasync.schema`), so preflight and ``run`` cannot disagree on those.
 
 Privileges are read from ``SHOW GRANTS`` (never printed: MariaDB includes the password hash in it) and compared
@@ -24,7 +24,6 @@ import pymysql
 import redis
 
 from austasync.config import Config, DatabaseConfig
-from austasync.daemon import check_source
 from austasync.db import Connection, connect, query, server_flavor, setup_source_session, variable
 from austasync.errors import ConfigError, SetupError, UnavailableError
 from austasync.mirror import Mirror
@@ -109,6 +108,22 @@ class Report:
 
 
 # --- connecting -------------------------------------------------------------------------------------------------
+
+
+def check_source(conn: Connection) -> list[str]:
+    """The source settings austasync cannot work without; each item says what to change."""
+    problems = []
+    flavor, version = server_flavor(conn)
+    if flavor == "mysql" and version < (8, 0, 14):
+        problems.append(f"MySQL {'.'.join(map(str, version))} is too old: binlog_row_metadata=FULL needs 8.0.14+")
+    if flavor == "mariadb" and version < (10, 5):
+        problems.append(f"MariaDB {'.'.join(map(str, version))} is too old: binlog_row_metadata needs 10.5+")
+    expected = {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL"}
+    for name, want in expected.items():
+        have = variable(conn, name)
+        if (have or "").upper() != want:
+            problems.append(f"source {name} is {have or 'unset'}; set {name}={want} in the source's my.cnf")
+    return problems
 
 
 def _connect(report: Report, cfg: DatabaseConfig, role: str) -> Connection | None:
