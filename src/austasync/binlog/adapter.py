@@ -445,7 +445,7 @@ class _TableCodec:
                 raise UncarryableValueError(
                     f"{where} column {column.name}: {column.column_type} is MariaDB 5.3's temporal format with"
                     " fractional seconds, whose binlog form austasync cannot decode exactly. On the source, with"
-                    f" mysql56_temporal_format=ON, run ALTER TABLE {table} FORCE (then re-copy the table)"
+                    f" mysql56_temporal_format=ON, run ALTER TABLE {table} FORCE"
                 )
         self.names = names
         self.adapters = [_adapter(c) for c in table.columns]
@@ -735,6 +735,12 @@ def _translate(exc: BaseException, start: Position) -> BaseException:
     """Library and driver errors as austasync errors with what to do."""
     from austasync.errors import AustasyncError, BinlogPurgedError  # noqa: PLC0415 (keeps the import graph flat)
 
+    if isinstance(exc, UncarryableValueError):
+        # restarting reads the same event again: only a re-copy gets past it
+        return UncarryableValueError(
+            f"{exc}. The event stays in the source's binlog: once the cause is fixed on the source, re-copy with"
+            " `austasync reset --config FILE --yes` and `austasync run`"
+        )
     if isinstance(exc, AustasyncError):
         return exc
     args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
