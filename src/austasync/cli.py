@@ -242,3 +242,7 @@ def check_config(config_path: str) -> None:
 from austasync.preflight_cli import preflight  # noqa: E402 (registered last, after main exists)
 
 main.add_command(preflight)
+
+from austasync.verify_cli import verify  # noqa: E402 (registered last, after main exists)
+
+main.add_command(verify)

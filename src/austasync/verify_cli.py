@@ -1,0 +1,175 @@
+"""``austasync verify``: the command line of :mod:`austasync.verifier`.
+
+Exit codes (its own, not the daemon's): 0 consistent, 1 differences found, 2 usage or configuration error,
+3 the verification could not complete (a server or Redis unreachable, the daemon's barrier unavailable, a table
+not copied yet, the report not stored).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+import pymysql
+import redis
+
+from austasync import config as configmod
+from austasync import log as logmod
+from austasync import repair as repairmod
+from austasync.errors import AustasyncError, ConfigError, UnavailableError
+from austasync.mirror import Mirror
+from austasync.reports import document, write_report
+from austasync.verifier import Aligner, HttpAligner, NoDaemonAligner, Result, TableResult
+from austasync.verifier import verify as run_verify
+
+EXIT_CONSISTENT = 0
+EXIT_DIFFERENCES = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"austasync: {message}", err=True)
+    sys.exit(code)
+
+
+def _guarded(func: Callable[[], int]) -> int:
+    try:
+        return func()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except AustasyncError as exc:
+        _fail(str(exc), EXIT_INCOMPLETE)
+    except pymysql.err.MySQLError as exc:
+        detail = exc.args[1] if len(exc.args) > 1 else exc
+        _fail(f"a database query failed: {detail}", EXIT_INCOMPLETE)
+    except redis.RedisError as exc:
+        _fail(f"Redis failed: {type(exc).__name__}", EXIT_INCOMPLETE)
+
+
+def control_url(config: configmod.Config, status: dict[str, Any] | None) -> str:
+    """The daemon's control address: what it published (``http_listen``), else ``[http] listen``."""
+    listen = str((status or {}).get("http_listen") or config.http.listen)
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) == 0:
+        raise UnavailableError(
+            f"a daemon holds the lease of migration {config.replication.name!r} but its control address is not"
+            f" known ({listen!r}); set [http] listen to a fixed port"
+        )
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (a wildcard listen address is reached on loopback)
+        host = "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def choose_aligner(config: configmod.Config) -> tuple[Aligner, bool]:
+    """The daemon's barrier when a daemon holds the lease, else none (compare as is); and whether one runs."""
+    mirror = Mirror(config.redis, config.replication.name)
+    mirror.ping()
+    if mirror.lease_holder() is None:
+        return NoDaemonAligner(), False
+    return HttpAligner(control_url(config, mirror.status())), True
+
+
+def _progress(result: TableResult) -> None:
+    click.echo(f"\r  {result.table!s:<50} {result.chunks:>6} chunks {result.rows_checked:>12} rows", nl=False, err=True)
+
+
+def _merge(first: Result, again: Result) -> Result:
+    redone = {str(t.table): t for t in again.tables}
+    first.tables = [redone.get(str(t.table), t) for t in first.tables]
+    first.aligned = first.aligned and again.aligned
+    first.duration_seconds += again.duration_seconds
+    return first
+
+
+def _verify_and_repair(
+    config: configmod.Config, only: list[str] | None, repair: bool, daemon: bool, aligner: Aligner
+) -> tuple[Result, dict[str, Any] | None]:
+    if repair and daemon:
+        raise UnavailableError(
+            "a daemon holds the lease: a repair must go through it, and its repair endpoint is not in this"
+            " version; stop the daemon (SIGTERM) and run `austasync verify --repair` again"
+        )
+    progress = _progress if sys.stderr.isatty() else None
+    result = run_verify(config, aligner, only, progress)
+    if not (repair and result.differs):
+        return result, None
+    before = {str(t.table): len(t.differences) for t in result.tables if t.differences}
+    repaired = repairmod.repair(config, result)
+    again = run_verify(config, NoDaemonAligner(), sorted(repaired), progress)
+    return _merge(result, again), {"differences_before": before, "tables": repaired}
+
+
+def _human(doc: dict[str, Any]) -> str:
+    verdict = "CONSISTENT" if doc["consistent"] else "NOT CONSISTENT"
+    where = "aligned with the daemon" if doc["aligned"] else "no daemon running: compared as is"
+    lines = [f"{verdict} at source position {doc['source_position']} ({where}), {doc['duration_seconds']} s"]
+    for table in doc["tables"]:
+        state = "consistent" if table["consistent"] else table.get("unverified") or "DIFFERENT"
+        lines.append(f"  {table['table']:<50} {table['rows_checked']:>12} rows {table['chunks']:>6} chunks  {state}")
+        lines += [f"      schema: {s}" for s in table.get("schema_differences", [])]
+        lines += [f"      {d['kind']:<18} {json.dumps(d['key'])}" for d in table["differences"]]
+        if table["differences_capped"]:
+            lines.append(f"      ... {table['differences_total']} differences in all: {table['counts']}")
+    if "repair" in doc:
+        lines.append(f"repaired: {json.dumps(doc['repair']['tables'])}")
+    return "\n".join(lines)
+
+
+def _exit_code(result: Result) -> int:
+    if result.differs:
+        return EXIT_DIFFERENCES
+    return EXIT_CONSISTENT if result.consistent else EXIT_INCOMPLETE
+
+
+def _run(config: configmod.Config, only: list[str] | None, as_json: bool, report_to: str | None, repair: bool) -> int:
+    aligner, daemon = choose_aligner(config)
+    result, repaired = _verify_and_repair(config, only, repair, daemon, aligner)
+    doc = document(result, config.replication.name)
+    if repaired is not None:
+        doc["repair"] = repaired
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    click.echo(json.dumps(doc, indent=2) if as_json else _human(doc))
+    if report_to:
+        where = write_report(doc, report_to, config.replication.name, datetime.now(UTC))
+        click.echo(f"report written to {where}", err=True)
+    return _exit_code(result)
+
+
+def _parse_tables(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n.count(".") != 1]
+    if not names or bad:
+        _fail(f"--tables takes db.table names separated by commas, got {text!r}", EXIT_USAGE)
+    return names
+
+
+@click.command("verify")
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file."
+)
+@click.option("--tables", default=None, metavar="DB.T,...", help="Only these replicated tables (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+@click.option("--report", "report_to", default=None, metavar="PATH_OR_S3_URL", help="Also store the report there.")
+@click.option("--repair", is_flag=True, help="Re-copy the differing keys from the source, then verify again.")
+def verify(config_path: str, tables: str | None, as_json: bool, report_to: str | None, repair: bool) -> None:
+    """Prove that source and target hold the same rows, or name every row that differs.
+
+    Asks the running daemon for an aligned point; with no daemon running it compares as is and says so.
+    Exit codes: 0 consistent, 1 differences found, 2 usage error, 3 could not complete.
+    """
+    only = _parse_tables(tables)
+    try:
+        config = configmod.load(config_path)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    logmod.configure(config.log)
+    sys.exit(_guarded(lambda: _run(config, only, as_json, report_to, repair)))

@@ -1,0 +1,384 @@
+"""`austasync verify` on real servers: every pitfall of DESIGN.md named by table, key and kind.
+
+One daemon copies every table of the module once and is stopped (SIGTERM); each test then changes one table
+on the target behind its back and verifies that table alone, so a difference elsewhere can never make a test
+pass. The two-row pitfalls also show pt-table-checksum's CRC32 + BIT_XOR missing the same change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pymysql
+import pytest
+from moto.server import ThreadedMotoServer
+
+from conftest import Env, dump
+from servers import MariaDB, Redis, free_port
+
+ROWS = 300  # two chunks at the tests' chunk_rows = 200: the second one open-ended
+
+TABLES = {
+    "t_swap": "id INT PRIMARY KEY, v VARCHAR(32) NOT NULL",
+    "t_ts": "id INT PRIMARY KEY, ts TIMESTAMP NOT NULL DEFAULT '2024-01-01 00:00:00'",
+    "t_case": "id INT PRIMARY KEY, name VARCHAR(20) COLLATE utf8mb4_general_ci NOT NULL",
+    "t_space": "id INT PRIMARY KEY, name VARCHAR(20) NOT NULL",
+    "t_null": "id INT PRIMARY KEY, note VARCHAR(20) NULL",
+    "t_double": "id INT PRIMARY KEY, d DOUBLE NOT NULL, f FLOAT NOT NULL",
+    "t_binary": "id INT PRIMARY KEY, b BINARY(8) NOT NULL",
+    "t_bit": "id INT PRIMARY KEY, flags BIT(16) NOT NULL",
+    "t_missing": "id INT PRIMARY KEY, v VARCHAR(20) NOT NULL",
+    "t_extra": "id INT PRIMARY KEY, v VARCHAR(20) NOT NULL",
+    "t_capped": "id INT PRIMARY KEY, v VARCHAR(20) NOT NULL",
+    "t_schema": "id INT PRIMARY KEY, v VARCHAR(20) NOT NULL",
+    "t_unfinished": "id INT PRIMARY KEY, v VARCHAR(20) NOT NULL",
+    "t_repair": "id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, n INT NULL",
+    "t_composite": "a VARCHAR(10) NOT NULL, b INT NOT NULL, v TEXT NULL, PRIMARY KEY (a, b)",
+    "t_clean": (
+        "id BIGINT PRIMARY KEY, s VARCHAR(40) CHARACTER SET latin1 NULL, u VARCHAR(40) NULL, j JSON NULL,"
+        " blob_col BLOB NULL, dec_col DECIMAL(12,3) NULL, dt DATETIME(6) NULL, e ENUM('x','y','z') NULL,"
+        " st SET('a','b') NULL, y YEAR NULL, tm TIME(3) NULL, g INT AS (id * 2) VIRTUAL"
+    ),
+}
+
+FILL = {
+    "t_swap": "(id, v) SELECT seq, CONCAT('value-', LPAD(seq, 4, '0')) FROM seq_1_to_{n}",
+    # rows 20 and 21 hold the same instant, so shifting both by the same amount is the same edit twice
+    "t_ts": "(id, ts) SELECT seq, IF(seq IN (20, 21), '2024-03-01 10:00:00',"
+    " '2024-01-01 00:00:00' + INTERVAL seq HOUR) FROM seq_1_to_{n}",
+    "t_case": "(id, name) SELECT seq, CONCAT('name', seq) FROM seq_1_to_{n}",
+    "t_space": "(id, name) SELECT seq, CONCAT('name', seq) FROM seq_1_to_{n}",
+    "t_null": "(id, note) SELECT seq, CASE WHEN seq = 50 THEN NULL WHEN seq = 51 THEN '' ELSE CONCAT('n', seq) END"
+    " FROM seq_1_to_{n}",
+    "t_double": "(id, d, f) SELECT seq, IF(seq = 60, 0.1e0, seq / 7e0), IF(seq = 61, 1.0000001e0, seq)"
+    " FROM seq_1_to_{n}",
+    "t_binary": "(id, b) SELECT seq, UNHEX(LPAD(HEX(seq), 16, '0')) FROM seq_1_to_{n}",
+    "t_bit": "(id, flags) SELECT seq, seq * 3 FROM seq_1_to_{n}",
+    "t_missing": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}",
+    "t_extra": "(id, v) SELECT seq * 2, CONCAT('v', seq) FROM seq_1_to_{n}",
+    "t_capped": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}",
+    "t_schema": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}",
+    "t_unfinished": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}",
+    "t_repair": "(id, v, n) SELECT seq, CONCAT('v', seq), IF(seq % 3 = 0, NULL, seq) FROM seq_1_to_{n}",
+    "t_composite": "(a, b, v) SELECT CHAR(65 + seq % 5), seq, IF(seq % 4 = 0, NULL, REPEAT('t', seq))"
+    " FROM seq_1_to_{n}",
+    "t_clean": (
+        "(id, s, u, j, blob_col, dec_col, dt, e, st, y, tm)"
+        " SELECT CAST(seq AS SIGNED) - 150, IF(seq % 5 = 0, NULL, CONCAT('ção ', seq)), IF(seq % 7 = 0, '', CONCAT('ü', seq)),"
+        " JSON_OBJECT('n', seq), IF(seq % 2 = 0, NULL, UNHEX(REPEAT('00ff', seq % 9))), seq / 8,"
+        " '2024-02-29 23:59:59.123456' - INTERVAL seq MINUTE, ELT(1 + seq % 3, 'x', 'y', 'z'),"
+        " IF(seq % 2 = 0, 'a,b', 'b'), 1901 + seq % 200, SEC_TO_TIME(seq * 61.5 - 5000) FROM seq_1_to_{n}"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def copied(
+    source: MariaDB, target: MariaDB, redis_server: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Env]:
+    """Every table copied by a real daemon, which is then stopped: the target holds exactly the source."""
+    env = Env(source, target, redis_server, tmp_path_factory.mktemp("verify"), "verify_module")
+    source.execute(f"CREATE DATABASE {env.db}")
+    for table, ddl in TABLES.items():
+        source.execute(
+            f"USE {env.db}",
+            f"CREATE TABLE {table} ({ddl})",
+            f"INSERT INTO {table} {FILL[table].format(n=ROWS)}",
+        )
+    proc = env.start_daemon()
+    try:
+        env.wait_caught_up(proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        yield env
+    finally:
+        env.stop_all()
+
+
+def verify(env: Env, *args: str, extra_env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "austasync", "verify", "--json", *args, "--config", str(env.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(extra_env or {})},
+    )
+    assert proc.stdout, f"exit {proc.returncode}, no report:\n{proc.stderr}"
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def verify_table(env: Env, table: str) -> tuple[int, dict[str, Any]]:
+    code, doc = verify(env, "--tables", f"{env.db}.{table}")
+    assert [t["table"] for t in doc["tables"]] == [f"{env.db}.{table}"]
+    return code, doc["tables"][0]
+
+
+def found(table_doc: dict[str, Any]) -> set[tuple[str, tuple[Any, ...]]]:
+    return {(d["kind"], tuple(d["key"].values())) for d in table_doc["differences"]}
+
+
+def on_target(env: Env, *statements: str) -> None:
+    env.target.execute(f"USE {env.db}", *statements)
+
+
+def naive_checksums_equal(env: Env, table: str, columns: str) -> bool:
+    """pt-table-checksum's default: BIT_XOR of CRC32 over CONCAT_WS('#', ...)."""
+    sql = f"SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS('#', {columns}))) FROM {env.db}.{table}"
+    return env.source.execute(sql) == env.target.execute(sql)
+
+
+def test_clean_tables_are_consistent_and_the_report_follows_the_format(copied: Env) -> None:
+    code, doc = verify(copied, "--tables", f"{copied.db}.t_clean,{copied.db}.t_composite")
+    assert code == 0, doc
+    assert doc["consistent"] is True and doc["aligned"] is False
+    assert doc["source_position"] == "{}:{}".format(*copied.source_position())
+    assert doc["migration"] == copied.name and doc["duration_seconds"] > 0 and doc["started_at"].endswith("Z")
+    clean, composite = doc["tables"]
+    assert clean["table"] == f"{copied.db}.t_clean" and clean["rows_checked"] == ROWS and clean["chunks"] >= 2
+    assert clean["consistent"] is True and clean["differences"] == [] and clean["differences_total"] == 0
+    assert clean["generated_columns_not_compared"] == ["g"]
+    assert composite["rows_checked"] == ROWS and composite["consistent"] is True
+
+
+def test_a_value_swapped_between_two_rows(copied: Env) -> None:
+    on_target(
+        copied,
+        "UPDATE t_swap SET v = CASE id WHEN 10 THEN 'value-0011' ELSE 'value-0010' END WHERE id IN (10, 11)",
+    )
+    assert naive_checksums_equal(copied, "t_swap", "id, v")  # the linear checksum cannot see it
+    code, table = verify_table(copied, "t_swap")
+    assert code == 1 and table["consistent"] is False
+    assert found(table) == {("changed", (10,)), ("changed", (11,))}
+
+
+def test_the_same_timestamp_shift_on_two_rows_of_a_chunk(copied: Env) -> None:
+    on_target(copied, "UPDATE t_ts SET ts = ts + INTERVAL 1 HOUR WHERE id IN (20, 21)")
+    assert naive_checksums_equal(copied, "t_ts", "id, ts")
+    code, table = verify_table(copied, "t_ts")
+    assert code == 1 and found(table) == {("changed", (20,)), ("changed", (21,))}
+
+
+def test_case_of_a_letter_under_a_case_insensitive_collation(copied: Env) -> None:
+    on_target(copied, "UPDATE t_case SET name = 'NAME30' WHERE id = 30")
+    code, table = verify_table(copied, "t_case")
+    assert code == 1 and found(table) == {("changed", (30,))}
+
+
+def test_a_trailing_space(copied: Env) -> None:
+    on_target(copied, "UPDATE t_space SET name = 'name40 ' WHERE id = 40")
+    code, table = verify_table(copied, "t_space")
+    assert code == 1 and found(table) == {("changed", (40,))}
+
+
+def test_null_against_empty_string(copied: Env) -> None:
+    on_target(copied, "UPDATE t_null SET note = IF(id = 50, '', NULL) WHERE id IN (50, 51)")
+    code, table = verify_table(copied, "t_null")
+    assert code == 1 and found(table) == {("changed", (50,)), ("changed", (51,))}
+
+
+def test_the_last_bit_of_a_double_and_of_a_float(copied: Env) -> None:
+    # 0.1 and the next double up; 1.0000001 and 1.0000002 both print as 1 for a FLOAT
+    on_target(
+        copied,
+        "UPDATE t_double SET d = 0.10000000000000002e0 WHERE id = 60",
+        "UPDATE t_double SET f = 1.0000002e0 WHERE id = 61",
+    )
+    assert copied.target.execute(f"SELECT CONCAT(f) FROM {copied.db}.t_double WHERE id = 61") == [("1",)]
+    code, table = verify_table(copied, "t_double")
+    assert code == 1 and found(table) == {("changed", (60,)), ("changed", (61,))}
+
+
+def test_one_byte_of_a_binary(copied: Env) -> None:
+    on_target(copied, "UPDATE t_binary SET b = CONCAT(LEFT(b, 3), 'X', SUBSTRING(b, 5)) WHERE id = 70")
+    code, table = verify_table(copied, "t_binary")
+    assert code == 1 and found(table) == {("changed", (70,))}
+
+
+def test_a_bit_flip(copied: Env) -> None:
+    on_target(copied, "UPDATE t_bit SET flags = flags ^ 1 WHERE id = 80")
+    code, table = verify_table(copied, "t_bit")
+    assert code == 1 and found(table) == {("changed", (80,))}
+
+
+def test_a_missing_row(copied: Env) -> None:
+    on_target(copied, "DELETE FROM t_missing WHERE id = 90")
+    code, table = verify_table(copied, "t_missing")
+    assert code == 1 and found(table) == {("missing_in_target", (90,))}
+
+
+def test_extra_rows_before_between_and_beyond_the_source_keys(copied: Env) -> None:
+    last = ROWS * 2
+    on_target(copied, f"INSERT INTO t_extra VALUES (-5, 'before'), (301, 'between'), ({last + 1000}, 'beyond')")
+    code, table = verify_table(copied, "t_extra")
+    assert code == 1
+    assert found(table) == {("extra_in_target", (-5,)), ("extra_in_target", (301,)), ("extra_in_target", (1600,))}
+
+
+def test_a_composite_key_row_changed_in_a_text_column(copied: Env) -> None:
+    on_target(copied, "UPDATE t_composite SET v = CONCAT(v, '.') WHERE a = 'C' AND b = 7")
+    code, table = verify_table(copied, "t_composite")
+    assert code == 1 and found(table) == {("changed", ("C", 7))}
+
+
+def test_the_listed_keys_are_capped_and_all_counted(copied: Env) -> None:
+    on_target(copied, "DELETE FROM t_capped WHERE id <= 150")
+    code, table = verify_table(copied, "t_capped")
+    assert code == 1
+    assert len(table["differences"]) == 100 and table["differences_capped"] is True
+    assert table["differences_total"] == 150
+    assert table["counts"] == {"changed": 0, "missing_in_target": 150, "extra_in_target": 0}
+
+
+def test_a_target_table_of_another_shape_is_a_difference(copied: Env) -> None:
+    on_target(copied, "ALTER TABLE t_schema ADD COLUMN extra INT NULL")
+    code, table = verify_table(copied, "t_schema")
+    assert code == 1 and table["consistent"] is False
+    assert table["schema_differences"] == ["column extra exists only on the target"]
+
+
+def test_a_table_whose_copy_is_not_complete_is_not_verified(copied: Env) -> None:
+    cursor = f"WHERE migration = '{copied.name}' AND tbl = 't_unfinished'"
+    copied.target.execute(f"UPDATE _austasync.copy_cursor SET done = 0 {cursor}")
+    try:
+        code, table = verify_table(copied, "t_unfinished")
+    finally:
+        copied.target.execute(f"UPDATE _austasync.copy_cursor SET done = 1 {cursor}")
+    assert code == 3 and table["consistent"] is False and "copy not complete" in table["unverified"]
+
+
+def test_usage_errors_exit_2(copied: Env) -> None:
+    unknown = copied.run_cli("verify", "--tables", f"{copied.db}.nope")
+    assert unknown.returncode == 2 and "not replicated" in unknown.stderr
+    malformed = copied.run_cli("verify", "--tables", "nodot")
+    assert malformed.returncode == 2
+    no_bucket = copied.run_cli("verify", "--tables", f"{copied.db}.t_clean", "--report", "s3://")
+    assert no_bucket.returncode == 2 and "bucket" in no_bucket.stderr
+
+
+def test_report_to_a_file(copied: Env, tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    code, doc = verify(copied, "--tables", f"{copied.db}.t_clean", "--report", str(path))
+    assert code == 0 and json.loads(path.read_text()) == doc
+
+
+@pytest.fixture
+def s3() -> Iterator[dict[str, str]]:
+    """moto's S3 API in server mode on loopback: real HTTP requests, as a real S3 endpoint gets them."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    settings = {
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        yield settings
+    finally:
+        server.stop()
+
+
+def test_report_to_s3_is_encrypted_and_named_by_migration_and_time(copied: Env, s3: dict[str, str]) -> None:
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3["AWS_ENDPOINT_URL_S3"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="evidence")
+    code, doc = verify(copied, "--tables", f"{copied.db}.t_clean", "--report", "s3://evidence/lgpd/", extra_env=s3)
+    assert code == 0
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="evidence")["Contents"]]
+    assert len(keys) == 1 and keys[0].startswith(f"lgpd/{copied.name}/verify-") and keys[0].endswith("Z.json")
+    stored = client.get_object(Bucket="evidence", Key=keys[0])
+    assert stored["ServerSideEncryption"] == "AES256"
+    assert json.loads(stored["Body"].read()) == doc
+
+
+def test_s3_unreachable_is_could_not_complete(copied: Env) -> None:
+    dead = {
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    code, _doc = verify(copied, "--tables", f"{copied.db}.t_clean", "--report", "s3://evidence/x/", extra_env=dead)
+    assert code == 3
+
+
+def test_repair_recopies_the_differing_keys_and_verifies_again(copied: Env) -> None:
+    on_target(
+        copied,
+        "UPDATE t_repair SET v = 'drift', n = NULL WHERE id = 5",
+        "DELETE FROM t_repair WHERE id IN (6, 250)",
+        "INSERT INTO t_repair VALUES (9999, 'extra', 1)",
+    )
+    code, doc = verify(copied, "--repair", "--tables", f"{copied.db}.t_repair")
+    assert code == 0, doc
+    assert doc["repair"]["differences_before"] == {f"{copied.db}.t_repair": 4}
+    assert doc["repair"]["tables"][f"{copied.db}.t_repair"] == {"keys": 4, "rows_deleted": 2, "rows_written": 3}
+    assert doc["tables"][0]["consistent"] is True
+    assert dump(copied.source, copied.db, "t_repair", "id") == dump(copied.target, copied.db, "t_repair", "id")
+    code, _doc = verify(copied, "--tables", f"{copied.db}.t_repair")
+    assert code == 0
+
+
+# --- with the daemon streaming: aligned through its barrier ----------------------------------------------------
+
+
+def _writer(env: Env, stop: threading.Event, errors: list[BaseException]) -> None:
+    """About 100 transactions a second: a steady stream the daemon keeps up with, even on a busy machine."""
+    conn = env.source.connect()
+    try:
+        n = 0
+        with conn.cursor() as cur:
+            while not stop.wait(0.03):
+                n += 1
+                cur.execute(f"UPDATE {env.db}.hot SET v = v + 1, s = CONCAT('s', v) WHERE id = {n % 200 + 1}")
+                cur.execute(f"INSERT INTO {env.db}.hot (id, v, s) VALUES ({1000 + n}, {n}, 'new')")
+                cur.execute(f"DELETE FROM {env.db}.hot WHERE id = {1000 + n - 5}")
+    except pymysql.err.MySQLError as exc:
+        errors.append(exc)
+    finally:
+        conn.close()
+
+
+def test_aligned_verifications_while_the_source_takes_writes(env: Env) -> None:
+    env.extra["http"] = {"listen": f"127.0.0.1:{free_port()}"}
+    env.source.execute(
+        f"USE {env.db}",
+        "CREATE TABLE hot (id INT PRIMARY KEY, v INT NOT NULL, s VARCHAR(20) NULL)",
+        "INSERT INTO hot SELECT seq, seq, NULL FROM seq_1_to_400",
+    )
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    stop, errors = threading.Event(), []
+    writer = threading.Thread(target=_writer, args=(env, stop, errors), daemon=True)
+    writer.start()
+    try:
+        for _ in range(5):
+            code, doc = verify(env)
+            assert code == 0 and doc["aligned"] is True, doc
+            assert doc["tables"][0]["rows_checked"] > 300
+        # behind the daemon's back, on a row the writer never touches
+        env.target.execute(f"UPDATE {env.db}.hot SET s = 'drift' WHERE id = 300")
+        code, doc = verify(env)
+        assert code == 1 and doc["aligned"] is True
+        assert found(doc["tables"][0]) == {("changed", (300,))}
+    finally:
+        stop.set()
+        writer.join(10)
+    assert not errors and proc.poll() is None
