@@ -277,6 +277,8 @@ _DECODERS: dict[int, Callable[[Any, Any], object]] = {
     FIELD_TYPE.BLOB: _decode_blob,
     FIELD_TYPE.JSON: _decode_json,
 }
+# a private, name-mangled method (mysql-replication pinned <1.1): reading it here makes a renamed method fail the
+# import instead of silently bypassing our decoders; tests/test_types.py fails if the library stops calling it
 _library_read_value = RowsEvent._RowsEvent__read_values_name
 # DATETIME(n)/TIME(n)/TIMESTAMP(n), n > 0, created with mysql56_temporal_format=OFF: logged as the old types with
 # a metadata byte the library does not read, so every later column of the row is misread. With n = 0 they are
