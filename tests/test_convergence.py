@@ -158,3 +158,6 @@ def test_converges_under_concurrent_writes_and_kill_9(env: Env, seed: int) -> No
         src = dump(env.source, env.db, table, key)
         dst = dump(env.target, env.db, table, key)
         assert src == dst, f"{table}: {len(src)} source rows, {len(dst)} target rows differ after seed {seed}"
+    for index in range(len(env.procs)):
+        # austasync's own writes (batches, cascades, chunks) must never be taken for someone else's
+        assert "FOREIGN WRITE" not in env.daemon_log(index)

@@ -193,3 +193,25 @@ def test_unknown_endpoints_are_404(env: Env, path: str) -> None:
     start(env)
     code, _ = http(env, path, {} if path.startswith("/control") else None)
     assert code == 404
+
+
+def test_a_write_on_the_target_by_someone_else_is_detected_and_blocks_the_gate(env: Env) -> None:
+    start(env)
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'by austasync' WHERE id = 1")  # austasync's own writes
+    env.wait_caught_up()
+    time.sleep(1.5)
+    _, text = http(env, "/metrics")
+    assert metric(text, "austasync_foreign_writes_total", f'table="{env.db}.t"') == 0
+    env.target.execute(f"UPDATE {env.db}.t SET v = 'artisan migrate' WHERE id = 2")  # an app pod writes early
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        _, text = http(env, "/metrics")
+        if metric(text, "austasync_foreign_writes_total", f'table="{env.db}.t"') > 0:
+            break
+        time.sleep(0.3)
+    assert metric(text, "austasync_foreign_writes_total", f'table="{env.db}.t"') == 1
+    assert "FOREIGN WRITE" in env.daemon_log()
+    time.sleep(1.5)
+    publish_verification(env, consistent=True, finished_at=time.time(), drift_rows=0)
+    code, doc = ready(env)
+    assert code == 1 and "no_foreign_writes" in failing(doc)

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from austasync import log as logmod
 from austasync import preflight, readiness, sdnotify
 from austasync.applier import Applier
-from austasync.binlog.adapter import BinlogReader
+from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config
 from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
 from austasync.copier import ChunkPrefetcher, SnapshotReader
@@ -257,6 +257,7 @@ class Daemon:
             read_timeout_seconds=self.config.replication.read_timeout_seconds,
         )
         self.telemetry.applier, self.telemetry.reader = applier, reader
+        watcher = self._start_watcher(admin)
         reader.start()
         copying = any(not c.done for c in self.telemetry.cursors.values())
         snapshot = SnapshotReader(self.config.source) if copying else None
@@ -283,8 +284,38 @@ class Daemon:
             raise
         finally:
             reader.stop()
+            watcher.stop()
             if snapshot:
                 snapshot.close()
+
+    def _start_watcher(self, admin: Connection) -> TargetWriteWatcher:
+        """Watch the target's binlog from now on for writes that are not austasync's (rule 13)."""
+        rows = query(admin, "SHOW MASTER STATUS")
+        if not rows:
+            raise SetupError("the target's binlog is off; foreign writes cannot be detected. Set log_bin on the target")
+        rep = self.config.replication
+        watcher = TargetWriteWatcher(
+            self.config.target,
+            rep.server_id,
+            Position(str(rows[0][0]), int(rows[0][1])),
+            {rep.target_db(db): db for db in rep.databases},
+            rep.state_schema,
+            self._foreign_write,
+        )
+        watcher.start()
+        self.telemetry.watcher = watcher
+        return watcher
+
+    def _foreign_write(self, table: str, events: int, position: Position) -> None:
+        """Called from the watcher thread for every transaction on the target that is not austasync's."""
+        self.metrics.foreign_writes.labels(table).inc(events)
+        self.telemetry.foreign_writes += events
+        self.log.error(
+            "FOREIGN WRITE on the target: something other than austasync changed a replicated table (drift)",
+            table=table,
+            row_events=events,
+            target_position=str(position),
+        )
 
     def _target_definitions(
         self, admin: Connection, tables: dict[TableId, Table]
@@ -547,6 +578,8 @@ class Daemon:
         self.state.save_stop(conn, stop)
         query(conn, "COMMIT")
         self._drop_precreated(conn, event)
+        if self.telemetry.watcher is not None:
+            self.telemetry.watcher.own_statements.add(event.query.strip())
         execute_ddl(
             conn, event.query, self.config.replication.target_db(event.schema) if event.schema else None, event.sql_mode
         )

@@ -59,11 +59,14 @@ def evaluate(
     checks.append(Check("lag", lag_ok, lag, "" if lag_ok else f"apply lag {lag} s is above {max_lag_seconds:g} s"))
     checks.append(_verify_check(verification, now, max_verify_age_seconds))
     foreign = int(doc.get("foreign_writes") or 0)
-    checks.append(
-        Check(
-            "no_foreign_writes", foreign == 0, foreign, "" if not foreign else f"{foreign} foreign writes on the target"
-        )
-    )
+    watch = doc.get("foreign_write_watch", "ok")
+    if foreign:
+        reason = f"{foreign} foreign writes on the target"
+    elif watch != "ok":
+        reason = f"the target's binlog is not being watched ({watch}): foreign writes cannot be ruled out"
+    else:
+        reason = ""
+    checks.append(Check("no_foreign_writes", not reason, {"count": foreign, "watch": watch}, reason))
     stop = doc.get("pending_stop")
     checks.append(
         Check(

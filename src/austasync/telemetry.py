@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from austasync.applier import Applier
-from austasync.binlog.adapter import BinlogReader
+from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config
 from austasync.db import Connection, query, variable
 from austasync.metrics import Metrics
@@ -49,6 +49,7 @@ class Telemetry:
     cursors: dict[TableId, CopyCursor] = field(default_factory=dict)
     applier: Applier | None = None
     reader: BinlogReader | None = None
+    watcher: TargetWriteWatcher | None = None
     source_head: Position | None = None
     binlog_files: list[tuple[str, int]] = field(default_factory=list)
     expire_seconds: float = math.inf
@@ -162,11 +163,20 @@ class Telemetry:
             },
             "throttle": {"active": self.throttle.active, "reason": self.throttle.reason},
             "foreign_writes": self.foreign_writes,
+            "foreign_write_watch": self._watch_state(),
             "pending_stop": self.pending_stop,
             "holder": holder_name(),
             "generation": self.generation,
             "updated_at": self.wall(),
         }
+
+    def _watch_state(self) -> str:
+        watcher = self.watcher
+        if watcher is None:
+            return "not started"
+        if watcher.error is not None:
+            return f"failed: {type(watcher.error).__name__}: {str(watcher.error)[:200]}"
+        return "ok" if watcher.alive else "stopped"
 
     def publish(self, force: bool = False) -> None:
         self.last_publish = self.clock()

@@ -757,3 +757,128 @@ def _translate(exc: BaseException, start: Position) -> BaseException:
             f"binlog stream from the source failed: error {code}: {args[1] if len(args) > 1 else ''}"
         )
     return UnavailableError(f"binlog stream from the source failed: {type(exc).__name__}: {exc}")
+
+
+# --- target write watcher ---------------------------------------------------------------------------------------
+
+
+class TargetWriteWatcher:
+    """Reads the *target's* binlog and reports transactions on replicated tables that austasync did not make.
+
+    Every austasync write transaction also changes a row of its state schema (the checkpoint or a copy cursor,
+    with a fresh ``updated_at``), so a target transaction that changes replicated tables without touching the
+    state schema was made by someone else: drift by definition (DESIGN.md rule 13). DDL on replicated databases
+    counts too, unless austasync itself ran that statement (``on_ddl = "exec"``).
+
+    Rows are never decoded, and known table maps are not re-parsed (``freeze_schema``): only schema and table names
+    are needed, so the watcher costs little beside the applier.
+    """
+
+    def __init__(
+        self,
+        target: DatabaseConfig,
+        server_id: int,
+        start: Position,
+        replicated_dbs: Mapping[str, str],
+        state_schema: str,
+        on_foreign: Callable[[str, int, Position], None],
+        *,
+        heartbeat_seconds: float = 5.0,
+    ) -> None:
+        self._settings = {
+            "host": target.host,
+            "port": target.port,
+            "user": target.user,
+            "passwd": target.password.reveal(),
+            "connect_timeout": target.connect_timeout_seconds,
+            "read_timeout": max(30.0, heartbeat_seconds * 4),
+        }
+        self._server_id = server_id
+        self.position = start
+        self.replicated = dict(replicated_dbs)  # database on the target -> source name
+        self.state_schema = state_schema
+        self.on_foreign = on_foreign
+        self.own_statements: set[str] = set()
+        self.error: BaseException | None = None
+        self._heartbeat = heartbeat_seconds
+        self._stop = threading.Event()
+        self._stream: BinLogStreamReader | None = None
+        self._thread = threading.Thread(target=self._run, name="target-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):  # closing a socket another thread reads from
+                stream.close()
+
+    def _run(self) -> None:
+        try:
+            self._read()
+        except BaseException as exc:  # noqa: BLE001 (reported through health; detection stops, replication not)
+            if not self._stop.is_set():
+                self.error = exc
+
+    def _read(self) -> None:
+        stream = BinLogStreamReader(
+            connection_settings=dict(self._settings),
+            server_id=self._server_id,
+            resume_stream=True,
+            blocking=True,
+            log_file=self.position.file,
+            log_pos=self.position.pos,
+            only_events=[QueryEvent, XidEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, RotateEvent],
+            freeze_schema=True,
+            slave_heartbeat=self._heartbeat,
+            enable_logging=False,
+        )
+        self._stream = stream
+        touched: dict[str, int] = {}
+        marked = False
+        try:
+            for event in stream:
+                if self._stop.is_set():
+                    return
+                if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
+                    schema = str(getattr(event, "schema", "") or "")
+                    if schema == self.state_schema:
+                        marked = True
+                    elif schema in self.replicated:
+                        name = f"{self.replicated[schema]}.{event.table}"
+                        touched[name] = touched.get(name, 0) + 1
+                elif isinstance(event, XidEvent) or (
+                    isinstance(event, QueryEvent) and event.query.strip().upper() == "COMMIT"
+                ):
+                    self._transaction_end(touched, marked, stream)
+                    touched, marked = {}, False
+                elif isinstance(event, QueryEvent):
+                    self._statement(event, stream)
+        finally:
+            stream.close()
+
+    def _transaction_end(self, touched: dict[str, int], marked: bool, stream: Any) -> None:
+        self.position = Position(stream.log_file, int(stream.log_pos))
+        if marked:
+            return
+        for table, events in touched.items():
+            self.on_foreign(table, events, self.position)
+
+    def _statement(self, event: Any, stream: Any) -> None:
+        text = event.query.strip()
+        if text.upper() in ("BEGIN", "COMMIT", "ROLLBACK") or text in self.own_statements:
+            return
+        schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else str(event.schema)
+        lowered = text.lower()
+        mentions = schema in self.replicated or any(
+            f"{db.lower()}." in lowered or f"`{db.lower()}`" in lowered for db in self.replicated
+        )
+        if mentions and not lowered.startswith(("savepoint", "release", "rollback to", "flush", "analyze", "optimize")):
+            db = self.replicated.get(schema, schema)
+            self.on_foreign(f"{db} (statement)", 1, Position(stream.log_file, int(stream.log_pos)))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
