@@ -1,5 +1,8 @@
 """Fixtures: real MariaDB source and target (binlog on) and a real Redis, started once per test session.
 
+With ``AUSTASYNC_TEST_BACKEND=docker`` the source and target are MySQL 8.0 containers (testcontainers) instead;
+tests of MariaDB-only behaviour carry the ``mariadb_only`` marker and are deselected there.
+
 Each test gets its own database name and migration name, so tests share servers without sharing state. Tests
 that kill or restart a server start their own with the factories below.
 """
@@ -20,6 +23,31 @@ import pytest
 from servers import MariaDB, Redis
 
 _counter = itertools.count(1)
+BACKEND = os.environ.get("AUSTASYNC_TEST_BACKEND", "local")
+SOURCE_GRANTS = {
+    "local": "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, SLAVE MONITOR,"
+    " BINLOG MONITOR ON *.* TO 'repl'@'%'",
+    "docker": "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES ON *.* TO 'repl'@'%'",
+}
+
+
+def _server(root: Path, name: str, server_id: int) -> Any:
+    if BACKEND == "docker":
+        from docker_backend import MySQLContainer  # noqa: PLC0415 (needs a Docker engine)
+
+        return MySQLContainer(server_id)
+    if BACKEND != "local":
+        raise RuntimeError(f"AUSTASYNC_TEST_BACKEND={BACKEND!r}: use 'local' (MariaDB) or 'docker' (MySQL 8.0)")
+    return MariaDB(root / name, server_id=server_id)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    del config
+    if BACKEND == "docker":
+        skip = pytest.mark.skip(reason="MariaDB-only behaviour; this run uses MySQL 8.0 containers")
+        for item in items:
+            if "mariadb_only" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -29,20 +57,16 @@ def server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def source(server_root: Path) -> Iterator[MariaDB]:
-    server = MariaDB(server_root / "source", server_id=101)
+    server = _server(server_root, "source", 101)
     server.start()
-    server.execute(
-        "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-secret-pw'",
-        "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, SLAVE MONITOR,"
-        " BINLOG MONITOR ON *.* TO 'repl'@'%'",
-    )
+    server.execute("CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-secret-pw'", SOURCE_GRANTS[BACKEND])
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def target(server_root: Path) -> Iterator[MariaDB]:
-    server = MariaDB(server_root / "target", server_id=202)
+    server = _server(server_root, "target", 202)
     server.start()
     server.execute(
         "CREATE USER 'austasync'@'%' IDENTIFIED BY 'target-secret-pw'",

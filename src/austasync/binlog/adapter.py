@@ -24,6 +24,7 @@ import json
 import math
 import queue
 import re
+import socket
 import struct
 import threading
 import time
@@ -494,10 +495,7 @@ class BinlogReader:
 
     def stop(self) -> None:
         self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):  # closing a socket another thread reads from may fail; we exit anyway
-                stream.close()
+        _interrupt(self._stream)
 
     @property
     def alive(self) -> bool:
@@ -689,6 +687,20 @@ class BinlogReader:
         return codec
 
 
+def _interrupt(stream: BinLogStreamReader | None) -> None:
+    """Wake the thread blocked reading ``stream``, which then closes it itself.
+
+    Closing from this thread would block: the socket's buffered reader is locked by the blocked read until the next
+    heartbeat. Shutting the socket down makes that read return at once.
+    """
+    if stream is None:
+        return
+    sock = getattr(getattr(stream, "_stream_connection", None), "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed by the reading thread
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _adapt(codec: _TableCodec, values: Mapping[str, Any], nones: Mapping[str, str], where: str) -> Row:
     out: list[Any] = []
     for name, adapt in zip(codec.names, codec.adapters, strict=True):
@@ -810,10 +822,7 @@ class TargetWriteWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            with contextlib.suppress(Exception):  # closing a socket another thread reads from
-                stream.close()
+        _interrupt(self._stream)
 
     def _run(self) -> None:
         try:
