@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import pymysql
 import pytest
+import redis
 from moto.server import ThreadedMotoServer
 
 from conftest import Env, dump
@@ -32,7 +33,11 @@ TABLES = {
     "t_ts": "id INT PRIMARY KEY, ts TIMESTAMP NOT NULL DEFAULT '2024-01-01 00:00:00'",
     "t_case": "id INT PRIMARY KEY, name VARCHAR(20) COLLATE utf8mb4_general_ci NOT NULL",
     "t_space": "id INT PRIMARY KEY, name VARCHAR(20) NOT NULL",
-    "t_null": "id INT PRIMARY KEY, note VARCHAR(20) NULL",
+    "t_null": "id INT PRIMARY KEY, note VARCHAR(20) NULL, note2 VARCHAR(20) NULL",
+    "t_sep": (
+        "id INT PRIMARY KEY, u1 VARCHAR(10) NOT NULL, u2 VARCHAR(10) NOT NULL,"
+        " l1 VARCHAR(10) CHARACTER SET latin1 NOT NULL, l2 VARCHAR(10) CHARACTER SET latin1 NOT NULL"
+    ),
     "t_double": "id INT PRIMARY KEY, d DOUBLE NOT NULL, f FLOAT NOT NULL",
     "t_binary": "id INT PRIMARY KEY, b BINARY(8) NOT NULL",
     "t_bit": "id INT PRIMARY KEY, flags BIT(16) NOT NULL",
@@ -57,8 +62,9 @@ FILL = {
     " '2024-01-01 00:00:00' + INTERVAL seq HOUR) FROM seq_1_to_{n}",
     "t_case": "(id, name) SELECT seq, CONCAT('name', seq) FROM seq_1_to_{n}",
     "t_space": "(id, name) SELECT seq, CONCAT('name', seq) FROM seq_1_to_{n}",
-    "t_null": "(id, note) SELECT seq, CASE WHEN seq = 50 THEN NULL WHEN seq = 51 THEN '' ELSE CONCAT('n', seq) END"
-    " FROM seq_1_to_{n}",
+    "t_null": "(id, note, note2) SELECT seq, CASE WHEN seq = 50 THEN NULL WHEN seq = 51 THEN '' ELSE CONCAT('n', seq)"
+    " END, NULL FROM seq_1_to_{n}",
+    "t_sep": "(id, u1, u2, l1, l2) SELECT seq, IF(seq = 5, 'a#', 'u'), 'c', IF(seq = 6, 'aÿ', 'l'), 'c' FROM seq_1_to_{n}",
     "t_double": "(id, d, f) SELECT seq, IF(seq = 60, 0.1e0, seq / 7e0), IF(seq = 61, 1.0000001e0, seq)"
     " FROM seq_1_to_{n}",
     "t_binary": "(id, b) SELECT seq, UNHEX(LPAD(HEX(seq), 16, '0')) FROM seq_1_to_{n}",
@@ -180,10 +186,26 @@ def test_a_trailing_space(copied: Env) -> None:
     assert code == 1 and found(table) == {("changed", (40,))}
 
 
-def test_null_against_empty_string(copied: Env) -> None:
-    on_target(copied, "UPDATE t_null SET note = IF(id = 50, '', NULL) WHERE id IN (50, 51)")
+def test_null_against_empty_string_and_a_value_moved_between_nullable_columns(copied: Env) -> None:
+    on_target(
+        copied,
+        "UPDATE t_null SET note = IF(id = 50, '', NULL) WHERE id IN (50, 51)",
+        "UPDATE t_null SET note2 = note, note = NULL WHERE id = 52",  # left to right: note2 gets the old note
+    )
     code, table = verify_table(copied, "t_null")
-    assert code == 1 and found(table) == {("changed", (50,)), ("changed", (51,))}
+    assert code == 1 and found(table) == {("changed", (50,)), ("changed", (51,)), ("changed", (52,))}
+
+
+def test_a_separator_moved_between_two_columns(copied: Env) -> None:
+    # 'a#' + 'c' against 'a' + '#c' (utf8mb4), 'aÿ' + 'c' against 'a' + 'ÿc' (latin1, where 0xFF is a letter)
+    on_target(
+        copied,
+        "UPDATE t_sep SET u1 = 'a', u2 = '#c' WHERE id = 5",
+        "UPDATE t_sep SET l1 = 'a', l2 = 'ÿc' WHERE id = 6",
+    )
+    assert naive_checksums_equal(copied, "t_sep", "id, u1, u2")
+    code, table = verify_table(copied, "t_sep")
+    assert code == 1 and found(table) == {("changed", (5,)), ("changed", (6,))}
 
 
 def test_the_last_bit_of_a_double_and_of_a_float(copied: Env) -> None:
@@ -339,6 +361,12 @@ def test_repair_recopies_the_differing_keys_and_verifies_again(copied: Env) -> N
 # --- with the daemon streaming: aligned through its barrier ----------------------------------------------------
 
 
+def published(env: Env) -> dict[str, Any]:
+    raw = redis.Redis.from_url(env.redis.url).get(f"t:{env.name}:verify")
+    assert raw, "no verification published to Redis"
+    return dict(json.loads(raw))
+
+
 def _writer(env: Env, stop: threading.Event, errors: list[BaseException]) -> None:
     """About 100 transactions a second: a steady stream the daemon keeps up with, even on a busy machine."""
     conn = env.source.connect()
@@ -373,11 +401,14 @@ def test_aligned_verifications_while_the_source_takes_writes(env: Env) -> None:
             code, doc = verify(env)
             assert code == 0 and doc["aligned"] is True, doc
             assert doc["tables"][0]["rows_checked"] > 300
+        assert published(env)["consistent"] is True
         # behind the daemon's back, on a row the writer never touches
         env.target.execute(f"UPDATE {env.db}.hot SET s = 'drift' WHERE id = 300")
         code, doc = verify(env)
         assert code == 1 and doc["aligned"] is True
         assert found(doc["tables"][0]) == {("changed", (300,))}
+        gate = published(env)  # what `austasync ready` and the drift metrics read
+        assert gate["consistent"] is False and gate["drift_rows"] == 1 and gate["tables"] == {f"{env.db}.hot": 1}
     finally:
         stop.set()
         writer.join(10)

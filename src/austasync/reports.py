@@ -95,6 +95,19 @@ def document(result: Result, migration: str, cap: int = MAX_LISTED_DIFFERENCES) 
     }
 
 
+def gate_summary(result: Result, finished_at: float) -> dict[str, Any]:
+    """What the readiness gate and the drift metrics read from Redis (``mirror.publish_verification``)."""
+    return {
+        "consistent": result.consistent,
+        "finished_at": finished_at,
+        "drift_rows": sum(len(t.differences) for t in result.tables),
+        "tables": {str(t.table): len(t.differences) for t in result.tables},
+        "aligned": result.aligned,
+        "source_position": str(result.source_position) if result.source_position else None,
+        "by": "austasync verify",
+    }
+
+
 def report_name(migration: str, when: datetime) -> str:
     return f"{migration}/verify-{when.astimezone(UTC):%Y%m%dT%H%M%S.%f}Z.json"
 

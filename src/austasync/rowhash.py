@@ -1,19 +1,23 @@
 """Row and chunk checksums, computed by the servers themselves (DESIGN.md, "Verification rules").
 
-**Encoding.** The server serializes each row into one byte string ``E(row)`` by concatenating, column by column
-in a fixed order, a *self-delimiting* code per column (a prefix-free code per column position, so the
-concatenation is uniquely decodable and the encoding injective):
+**Encoding.** The server serializes each row into one byte string ``E(row)``: one field per column, in a fixed
+order, joined by the byte 0xFF (``CONCAT_WS`` with a binary separator, so every field keeps its own bytes, whatever
+its charset). The encoding is injective because each field can be read back unambiguously:
 
-- numbers and temporals render as text followed by ``,`` (their text never contains ``,`` and never starts
-  with ``N``): integers and DECIMAL as is, DOUBLE in the server's shortest round-trip form, FLOAT as
-  ``col+0E0`` (the float32 exactly, as a DOUBLE: its own rendering keeps ~6 digits), BIT as ``col+0``,
-  TIMESTAMP as ``UNIX_TIMESTAMP(col)`` (the stored epoch; sessions also run in ``time_zone='+00:00'``);
-- strings and binary strings as a netstring ``<byte length>:<bytes>``, the bytes of the column in its own
-  charset (``CAST(col AS BINARY)`` where the table mixes charsets, since the server would otherwise convert or
-  refuse), so ``'a'``, ``'A'`` and ``'a '`` differ whatever the collation says; ENUM and SET by label;
+- numbers and temporals as text, which never holds 0xFE or 0xFF: integers and DECIMAL as is, DOUBLE in the
+  server's shortest round-trip form, FLOAT as ``col+0E0`` (the float32 exactly, as a DOUBLE: its own rendering
+  keeps ~6 digits), BIT as ``col+0``, TIMESTAMP as ``UNIX_TIMESTAMP(col)`` (the stored epoch; sessions also run
+  in ``time_zone='+00:00'``);
+- text in utf8mb4, utf8mb3 or ascii (ENUM and SET by label) as its own bytes: well-formed UTF-8 never holds 0xFE
+  or 0xFF, and the servers store nothing else in such a column (tested on MariaDB: a 0xFF byte arriving by
+  INSERT, LOAD DATA or ALTER from VARBINARY is stored as ``?``); ``'a'``, ``'A'`` and ``'a '`` are different
+  bytes whatever the collation says;
+- every other string (binary strings, latin1 and other charsets, which can hold any byte) as a netstring
+  ``<byte length>:<bytes>``, whose length says where it ends;
 - large objects (TEXT, BLOB, JSON, geometry) as ``<byte length>:<64-bit digest of the bytes>,`` so a row never
-  exceeds ``max_allowed_packet`` (a too long ``CONCAT`` is NULL, which the chunk query detects and refuses);
-- NULL as ``N``, decided on the raw column, which no code of a value starts with.
+  exceeds ``max_allowed_packet`` (a too long ``CONCAT_WS`` is NULL, which the chunk query detects and refuses);
+- NULL as the single byte 0xFE, decided on the raw column: no text field holds it and no netstring starts with
+  it.
 
 Generated columns are not hashed: each server computes them (DESIGN.md pitfall 35); reports list them.
 
@@ -76,6 +80,10 @@ _LARGE = {
     "geomcollection",
 }
 _STRINGS = {"enum", "set"}  # hashed by label: an index would hide a reordered definition (pitfall 34)
+_UTF8 = {"utf8mb4", "utf8mb3", "utf8", "ascii"}  # charsets whose bytes never include 0xFE or 0xFF
+# binary with implicit coercibility: the result stays binary, so no field is converted to another charset
+_SEPARATOR = "CAST(X'FF' AS BINARY)"
+_NULL = "CAST(X'FE' AS BINARY)"
 
 
 @dataclass(frozen=True)
@@ -95,38 +103,31 @@ def _is_string(column: Column) -> bool:
     return column.kind in (Kind.TEXT, Kind.BINARY) or column.data_type in _STRINGS
 
 
-def _mixed_charsets(table: Table) -> bool:
-    charsets = {c.charset for c in hashed_columns(table) if _is_string(c) and c.charset != "binary"}
-    return len(charsets) > 1
-
-
 def _digest(raw: str, flavor: str) -> str:
     if flavor == MD5:
         return f"MD5({raw})"
     return f"CRC32({raw}), ',', CRC32C({raw})"
 
 
-def column_code(column: Column, flavor: str, cast_text: bool) -> str:
-    """The SQL expression of one column's self-delimiting code (module docstring)."""
+def column_code(column: Column, flavor: str) -> str:
+    """The SQL expression of one column's field (module docstring)."""
     ident = quote_ident(column.name)
     if column.data_type in _LARGE:
         raw = f"CAST({ident} AS BINARY)"
         code = f"CONCAT(LENGTH({raw}), ':', {_digest(raw, flavor)}, ',')"
     elif _is_string(column):
-        raw = f"CAST({ident} AS BINARY)" if cast_text and column.charset != "binary" else ident
-        code = f"CONCAT(LENGTH({raw}), ':', {raw})"
+        code = ident if column.charset in _UTF8 else f"CONCAT(LENGTH({ident}), ':', {ident})"
     elif column.data_type == "timestamp":
-        code = f"CONCAT(UNIX_TIMESTAMP({ident}), ',')"
+        code = f"UNIX_TIMESTAMP({ident})"
     else:
-        code = f"CONCAT({select_expr(column.name, column.kind)}, ',')"
+        code = select_expr(column.name, column.kind)
     if column.nullable:
-        return f"IF({ident} IS NULL, 'N', {code})"
+        return f"IF({ident} IS NULL, {_NULL}, {code})"
     return code
 
 
 def row_encoding(table: Table, flavor: str) -> str:
-    cast_text = _mixed_charsets(table)
-    return f"CONCAT({', '.join(column_code(c, flavor, cast_text) for c in hashed_columns(table))})"
+    return f"CONCAT_WS({_SEPARATOR}, {', '.join(column_code(c, flavor) for c in hashed_columns(table))})"
 
 
 def _hash_of(encoding: str, flavor: str) -> str:

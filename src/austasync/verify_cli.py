@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -22,7 +23,7 @@ from austasync import log as logmod
 from austasync import repair as repairmod
 from austasync.errors import AustasyncError, ConfigError, UnavailableError
 from austasync.mirror import Mirror
-from austasync.reports import document, write_report
+from austasync.reports import document, gate_summary, write_report
 from austasync.verifier import Aligner, HttpAligner, NoDaemonAligner, Result, TableResult
 from austasync.verifier import verify as run_verify
 
@@ -127,9 +128,19 @@ def _exit_code(result: Result) -> int:
     return EXIT_CONSISTENT if result.consistent else EXIT_INCOMPLETE
 
 
+def _publish(config: configmod.Config, result: Result) -> None:
+    """A full verification's verdict goes to Redis for the gate; a subset of the tables proves nothing there."""
+    try:
+        Mirror(config.redis, config.replication.name).publish_verification(gate_summary(result, time.time()))
+    except redis.RedisError as exc:
+        click.echo(f"austasync: could not publish the result to Redis for the gate: {type(exc).__name__}", err=True)
+
+
 def _run(config: configmod.Config, only: list[str] | None, as_json: bool, report_to: str | None, repair: bool) -> int:
     aligner, daemon = choose_aligner(config)
     result, repaired = _verify_and_repair(config, only, repair, daemon, aligner)
+    if only is None:
+        _publish(config, result)
     doc = document(result, config.replication.name)
     if repaired is not None:
         doc["repair"] = repaired
