@@ -56,35 +56,40 @@ TABLES = {
 }
 
 FILL = {
-    "t_swap": "(id, v) SELECT seq, CONCAT('value-', LPAD(seq, 4, '0')) FROM seq_1_to_{n}",
+    "t_swap": "(id, v) SELECT seq, CONCAT('value-', LPAD(seq, 4, '0')) FROM seq_rows",
     # rows 20 and 21 hold the same instant, so shifting both by the same amount is the same edit twice
     "t_ts": "(id, ts) SELECT seq, IF(seq IN (20, 21), '2024-03-01 10:00:00',"
-    " '2024-01-01 00:00:00' + INTERVAL seq HOUR) FROM seq_1_to_{n}",
-    "t_case": "(id, name) SELECT seq, CONCAT('name', seq) FROM seq_1_to_{n}",
-    "t_space": "(id, name) SELECT seq, CONCAT('name', seq) FROM seq_1_to_{n}",
+    " '2024-01-01 00:00:00' + INTERVAL seq HOUR) FROM seq_rows",
+    "t_case": "(id, name) SELECT seq, CONCAT('name', seq) FROM seq_rows",
+    "t_space": "(id, name) SELECT seq, CONCAT('name', seq) FROM seq_rows",
     "t_null": "(id, note, note2) SELECT seq, CASE WHEN seq = 50 THEN NULL WHEN seq = 51 THEN '' ELSE CONCAT('n', seq)"
-    " END, NULL FROM seq_1_to_{n}",
-    "t_sep": "(id, u1, u2, l1, l2) SELECT seq, IF(seq = 5, 'a#', 'u'), 'c', IF(seq = 6, 'aÿ', 'l'), 'c' FROM seq_1_to_{n}",
-    "t_double": "(id, d, f) SELECT seq, IF(seq = 60, 0.1e0, seq / 7e0), IF(seq = 61, 1.0000001e0, seq)"
-    " FROM seq_1_to_{n}",
-    "t_binary": "(id, b) SELECT seq, UNHEX(LPAD(HEX(seq), 16, '0')) FROM seq_1_to_{n}",
-    "t_bit": "(id, flags) SELECT seq, seq * 3 FROM seq_1_to_{n}",
-    "t_missing": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}",
-    "t_extra": "(id, v) SELECT seq * 2, CONCAT('v', seq) FROM seq_1_to_{n}",
-    "t_capped": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}",
-    "t_schema": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}",
-    "t_unfinished": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_1_to_{n}",
-    "t_repair": "(id, v, n) SELECT seq, CONCAT('v', seq), IF(seq % 3 = 0, NULL, seq) FROM seq_1_to_{n}",
-    "t_composite": "(a, b, v) SELECT CHAR(65 + seq % 5), seq, IF(seq % 4 = 0, NULL, REPEAT('t', seq))"
-    " FROM seq_1_to_{n}",
+    " END, NULL FROM seq_rows",
+    "t_sep": "(id, u1, u2, l1, l2) SELECT seq, IF(seq = 5, 'a#', 'u'), 'c', IF(seq = 6, 'aÿ', 'l'), 'c' FROM seq_rows",
+    "t_double": "(id, d, f) SELECT seq, IF(seq = 60, 0.1e0, seq / 7e0), IF(seq = 61, 1.0000001e0, seq) FROM seq_rows",
+    "t_binary": "(id, b) SELECT seq, UNHEX(LPAD(HEX(seq), 16, '0')) FROM seq_rows",
+    "t_bit": "(id, flags) SELECT seq, seq * 3 FROM seq_rows",
+    "t_missing": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_rows",
+    "t_extra": "(id, v) SELECT seq * 2, CONCAT('v', seq) FROM seq_rows",
+    "t_capped": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_rows",
+    "t_schema": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_rows",
+    "t_unfinished": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_rows",
+    "t_repair": "(id, v, n) SELECT seq, CONCAT('v', seq), IF(seq % 3 = 0, NULL, seq) FROM seq_rows",
+    "t_composite": "(a, b, v) SELECT CHAR(65 + seq % 5), seq, IF(seq % 4 = 0, NULL, REPEAT('t', seq)) FROM seq_rows",
     "t_clean": (
         "(id, s, u, j, blob_col, dec_col, dt, e, st, y, tm)"
-        " SELECT CAST(seq AS SIGNED) - 150, IF(seq % 5 = 0, NULL, CONCAT('ção ', seq)), IF(seq % 7 = 0, '', CONCAT('ü', seq)),"
+        " SELECT seq - 150, IF(seq % 5 = 0, NULL, CONCAT('ção ', seq)), IF(seq % 7 = 0, '', CONCAT('ü', seq)),"
         " JSON_OBJECT('n', seq), IF(seq % 2 = 0, NULL, UNHEX(REPEAT('00ff', seq % 9))), seq / 8,"
         " '2024-02-29 23:59:59.123456' - INTERVAL seq MINUTE, ELT(1 + seq % 3, 'x', 'y', 'z'),"
-        " IF(seq % 2 = 0, 'a,b', 'b'), 1901 + seq % 200, SEC_TO_TIME(seq * 61.5 - 5000) FROM seq_1_to_{n}"
+        " IF(seq % 2 = 0, 'a,b', 'b'), 1901 + seq % 200, SEC_TO_TIME(seq * 61.5 - 5000) FROM seq_rows"
     ),
 }
+
+
+def _with_rows(fill: str, rows: int) -> str:
+    """``(cols) SELECT ... FROM seq_rows`` with seq_rows = 1..rows (a recursive CTE: MariaDB and MySQL 8 alike)."""
+    columns, select = fill.split(" SELECT ", 1)
+    cte = f"WITH RECURSIVE seq_rows (seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM seq_rows WHERE seq < {rows})"
+    return f"{columns} {cte} SELECT {select}"
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +103,7 @@ def copied(
         source.execute(
             f"USE {env.db}",
             f"CREATE TABLE {table} ({ddl})",
-            f"INSERT INTO {table} {FILL[table].format(n=ROWS)}",
+            f"INSERT INTO {table} {_with_rows(FILL[table], ROWS)}",
         )
     proc = env.start_daemon()
     try:
@@ -389,7 +394,7 @@ def test_aligned_verifications_while_the_source_takes_writes(env: Env) -> None:
     env.source.execute(
         f"USE {env.db}",
         "CREATE TABLE hot (id INT PRIMARY KEY, v INT NOT NULL, s VARCHAR(20) NULL)",
-        "INSERT INTO hot SELECT seq, seq, NULL FROM seq_1_to_400",
+        f"INSERT INTO hot {_with_rows('(id, v, s) SELECT seq, seq, NULL FROM seq_rows', 400)}",
     )
     proc = env.start_daemon()
     env.wait_caught_up(proc=proc)
