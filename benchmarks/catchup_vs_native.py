@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from servers import MariaDB, Redis  # noqa: E402 (path set just above)
+from servers import MariaDB, Redis
 
 
 def sysbench(source: MariaDB, *args: str) -> subprocess.CompletedProcess[str]:
