@@ -27,6 +27,7 @@ from conftest import Env, dump
 from servers import MariaDB, Redis, free_port
 
 ROWS = 300  # two chunks at the tests' chunk_rows = 200: the second one open-ended
+WIDE_ROWS = 6000  # its last chunk holds more rows than verify compares one by one: narrowing splits it
 
 TABLES = {
     "t_swap": "id INT PRIMARY KEY, v VARCHAR(32) NOT NULL",
@@ -48,6 +49,7 @@ TABLES = {
     "t_unfinished": "id INT PRIMARY KEY, v VARCHAR(20) NOT NULL",
     "t_repair": "id INT PRIMARY KEY, v VARCHAR(20) NOT NULL, n INT NULL",
     "t_composite": "a VARCHAR(10) NOT NULL, b INT NOT NULL, v TEXT NULL, PRIMARY KEY (a, b)",
+    "t_wide": "a INT NOT NULL, b VARCHAR(8) NOT NULL, v INT NOT NULL, PRIMARY KEY (a, b)",
     "t_clean": (
         "id BIGINT PRIMARY KEY, s VARCHAR(40) CHARACTER SET latin1 NULL, u VARCHAR(40) NULL, j JSON NULL,"
         " blob_col BLOB NULL, dec_col DECIMAL(12,3) NULL, dt DATETIME(6) NULL, e ENUM('x','y','z') NULL,"
@@ -75,6 +77,7 @@ FILL = {
     "t_unfinished": "(id, v) SELECT seq, CONCAT('v', seq) FROM seq_rows",
     "t_repair": "(id, v, n) SELECT seq, CONCAT('v', seq), IF(seq % 3 = 0, NULL, seq) FROM seq_rows",
     "t_composite": "(a, b, v) SELECT CHAR(65 + seq % 5), seq, IF(seq % 4 = 0, NULL, REPEAT('t', seq)) FROM seq_rows",
+    "t_wide": "(a, b, v) SELECT seq DIV 10, CONCAT('k', seq MOD 10), seq FROM seq_rows",
     "t_clean": (
         "(id, s, u, j, blob_col, dec_col, dt, e, st, y, tm)"
         " SELECT seq - 150, IF(seq % 5 = 0, NULL, CONCAT('ção ', seq)), IF(seq % 7 = 0, '', CONCAT('ü', seq)),"
@@ -86,9 +89,13 @@ FILL = {
 
 
 def _with_rows(fill: str, rows: int) -> str:
-    """``(cols) SELECT ... FROM seq_rows`` with seq_rows = 1..rows (a recursive CTE: MariaDB and MySQL 8 alike)."""
+    """``(cols) SELECT ... FROM seq_rows`` with seq_rows = 1..rows (at most 10,000): recursive CTEs of 100 steps,
+    under the servers' recursion limits, in MariaDB and MySQL 8 alike."""
     columns, select = fill.split(" SELECT ", 1)
-    cte = f"WITH RECURSIVE seq_rows (seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM seq_rows WHERE seq < {rows})"
+    cte = (
+        "WITH RECURSIVE d (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM d WHERE n < 100),"
+        f" seq_rows (seq) AS (SELECT (x.n - 1) * 100 + y.n FROM d AS x, d AS y WHERE (x.n - 1) * 100 + y.n <= {rows})"
+    )
     return f"{columns} {cte} SELECT {select}"
 
 
@@ -103,7 +110,7 @@ def copied(
         source.execute(
             f"USE {env.db}",
             f"CREATE TABLE {table} ({ddl})",
-            f"INSERT INTO {table} {_with_rows(FILL[table], ROWS)}",
+            f"INSERT INTO {table} {_with_rows(FILL[table], WIDE_ROWS if table == 't_wide' else ROWS)}",
         )
     proc = env.start_daemon()
     try:
@@ -255,6 +262,21 @@ def test_a_composite_key_row_changed_in_a_text_column(copied: Env) -> None:
     on_target(copied, "UPDATE t_composite SET v = CONCAT(v, '.') WHERE a = 'C' AND b = 7")
     code, table = verify_table(copied, "t_composite")
     assert code == 1 and found(table) == {("changed", ("C", 7))}
+
+
+def test_a_large_mismatched_chunk_is_split_until_rows_are_named(copied: Env) -> None:
+    on_target(
+        copied,
+        "UPDATE t_wide SET v = -v WHERE a = 500 AND b = 'k0'",
+        "INSERT INTO t_wide VALUES (450, 'k5x', 0), (9999, 'z', 0)",
+    )
+    code, table = verify_table(copied, "t_wide")
+    assert code == 1 and table["rows_checked"] == WIDE_ROWS
+    assert found(table) == {
+        ("changed", (500, "k0")),
+        ("extra_in_target", (450, "k5x")),
+        ("extra_in_target", (9999, "z")),
+    }
 
 
 def test_the_listed_keys_are_capped_and_all_counted(copied: Env) -> None:

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 from austasync.errors import SetupError
 from austasync.schema import Column, Table
-from austasync.sql import Kind, quote_ident, select_expr
+from austasync.sql import Kind, at_most_key, quote_ident, select_expr
 
 CRC = "crc32+crc32c"  # E built once, read back from a user variable
 CRC_TWICE = "crc32+crc32c/twice"  # same hash, E built twice: where the probe shows another evaluation order
@@ -192,6 +192,16 @@ def split_sql(table: Table, name: str, where: str, step: int) -> str:
     return (
         f"SELECT {', '.join(aliases)} FROM (SELECT {inner}, ROW_NUMBER() OVER (ORDER BY {order}) AS _rn"
         f" FROM {name} WHERE {where}) AS q WHERE _rn % {step} = 0 ORDER BY _rn"
+    )
+
+
+def parts_sql(table: Table, name: str, where: str, bounds: Sequence[Sequence[str]], flavor: str) -> str:
+    """Per part of the range between ``bounds`` (key literals, ascending): part number, then the chunk sums."""
+    cases = " ".join(f"WHEN {at_most_key(table.key, b)} THEN {i}" for i, b in enumerate(bounds))
+    part = f"CASE {cases} ELSE {len(bounds)} END" if bounds else "0"
+    return (
+        "SELECT p, COUNT(*), COUNT(x), SUM(x), SUM(CAST(x AS DECIMAL(20,0)) * x)"
+        f" FROM (SELECT {part} AS p, {row_hash(table, flavor)} AS x FROM {name} WHERE {where} {_ALL}) AS h GROUP BY p"
     )
 
 

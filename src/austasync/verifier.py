@@ -59,7 +59,7 @@ CHUNK_SECONDS = 0.25  # a checksum query's time budget: chunk sizes adapt to it
 MIN_CHUNK_ROWS = 100
 MAX_CHUNK_ROWS = 10_000  # a mismatched chunk is checksummed again while narrowing: keep that cheap
 LEAF_ROWS = 2000  # a mismatched range this small is compared row by row
-SPLIT_PARTS = 16  # a larger one is split into this many parts, each checksummed again
+SPLIT_PARTS = 32  # a larger one is split into this many parts, all checksummed in one scan per side
 RECHECK_KEYS = 500
 ALIGN_ATTEMPTS = 3
 _ER_NO_SUCH_TABLE = 1146
@@ -381,6 +381,7 @@ def range_where(table: Table, lower: Key | None, upper: Key | None) -> str:
     return " AND ".join(conds) or "1=1"
 
 
+_EMPTY = rowhash.ChunkSum(count=0, sum_x=0, sum_x2=0)
 ProgressFn = Callable[[TableResult], None]
 Rows = list[tuple[Any, ...]]
 
@@ -435,17 +436,6 @@ class Comparison:
         finally:
             target_rows = future.result()
         return source_rows, target_rows
-
-    def _sums(self, result: TableResult, where: str) -> tuple[rowhash.ChunkSum, rowhash.ChunkSum]:
-        table = result.table
-        source_rows, target_rows = self._both(
-            rowhash.chunk_sql(table, qualified(table.db, table.name), where, self.flavor),
-            rowhash.chunk_sql(table, result.target_name, where, self.flavor),
-        )
-        return (
-            rowhash.parse_chunk(source_rows[0], f"{table} on the source"),
-            rowhash.parse_chunk(target_rows[0], f"{result.target_name} on the target"),
-        )
 
     def _scan(self, result: TableResult) -> None:
         """Chunks in key order, pipelined: the source sums chunk i+1 while the target sums chunk i."""
@@ -536,14 +526,29 @@ class Comparison:
         if source_sum.count <= LEAF_ROWS:
             # small on the source: compare rows, the target's extra rows each being a difference anyway
             return self._row_differences(result, where)
+        bounds = self._split_points(table, where, source_sum.count)
+        parts = self._part_sums(result, where, bounds)
         found: dict[Key, str] = {}
-        for low, high in itertools.pairwise([lower, *self._split_points(table, where, source_sum.count), upper]):
-            if high is not None and low == high:
-                continue  # the last split point was the range's own last key
-            part_source, part_target = self._sums(result, range_where(table, low, high))
+        for i, (low, high) in enumerate(itertools.pairwise([lower, *bounds, upper])):
+            part_source, part_target = parts[0].get(i, _EMPTY), parts[1].get(i, _EMPTY)
             if part_source != part_target:
                 found.update(self._narrow(result, low, high, part_source, part_target))
         return found
+
+    def _part_sums(
+        self, result: TableResult, where: str, bounds: Sequence[Key]
+    ) -> tuple[dict[int, rowhash.ChunkSum], dict[int, rowhash.ChunkSum]]:
+        """The sums of every part between ``bounds``, in one scan per side."""
+        table = result.table
+        literals = [_literals(table, b) for b in bounds]
+        source_rows, target_rows = self._both(
+            rowhash.parts_sql(table, qualified(table.db, table.name), where, literals, self.flavor),
+            rowhash.parts_sql(table, result.target_name, where, literals, self.flavor),
+        )
+        return (
+            {int(r[0]): rowhash.parse_chunk(r[1:], f"{table} on the source") for r in source_rows},
+            {int(r[0]): rowhash.parse_chunk(r[1:], f"{result.target_name} on the target") for r in target_rows},
+        )
 
     def _split_points(self, table: Table, where: str, rows: int) -> list[Key]:
         step = -(-rows // SPLIT_PARTS)
