@@ -117,6 +117,8 @@ class Env:
             "copy": {"chunk_rows": 200, "snapshot_seconds": 0.5},
             "apply": {"batch_max_rows": 500, "batch_max_seconds": 0.2},
             "http": {"listen": "127.0.0.1:0"},
+            # the daemon's own scheduled verification would share the barrier with tests that drive it
+            "verify": {"interval_seconds": 0},
         }
         for section, values in self.extra.items():
             sections.setdefault(section, {}).update(values)

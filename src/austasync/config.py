@@ -159,6 +159,11 @@ class ThrottleConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    interval_seconds: float = 6 * 3600.0  # 0 turns the daemon's own verification off
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9108"
 
@@ -184,6 +189,7 @@ class Config:
     apply: ApplyConfig = field(default_factory=ApplyConfig)
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: Path | None = None
 
@@ -331,7 +337,7 @@ def _rename(value: Any, where: str) -> dict[str, str]:
 
 
 def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -> Config:
-    known = {"source", "target", "redis", "replication", "copy", "apply", "throttle", "http", "log"}
+    known = {"source", "target", "redis", "replication", "copy", "apply", "throttle", "http", "verify", "log"}
     for key in data:
         if key not in known:
             raise ConfigError(f"unknown section [{key}] in the configuration; known: {', '.join(sorted(known))}")
@@ -386,6 +392,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             check_interval_seconds=th.get("check_interval_seconds", _float, 1.0),
         ),
         http=HttpConfig(listen=s["http"].get("listen", _listen, "127.0.0.1:9108")),
+        verify=VerifyConfig(interval_seconds=s["verify"].get("interval_seconds", _float, 6 * 3600.0)),
         log=LogConfig(
             level=s["log"].get("level", _choice("debug", "info", "warning", "error"), "info"),
             format=s["log"].get("format", _choice("auto", "json", "console"), "auto"),

@@ -58,6 +58,8 @@ from austasync.httpd import Endpoints, HttpServer
 from austasync.metrics import Metrics
 from austasync.mirror import Mirror
 from austasync.position import Position
+from austasync.reports import gate_summary
+from austasync.scheduler import VerificationScheduler
 from austasync.schema import (
     ForeignKey,
     Table,
@@ -70,6 +72,7 @@ from austasync.schema import (
 from austasync.sql import quote_ident
 from austasync.state import Checkpoint, CopyCursor, TargetState, connection_id, holder_name
 from austasync.telemetry import Telemetry
+from austasync.verifier import Result
 
 HEALTH_STALL_SECONDS = 30.0
 _DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|LOAD\s+DATA)\b", re.IGNORECASE)
@@ -119,6 +122,8 @@ class Daemon:
             progress=progress if progress is not None else (sys.stderr if sys.stderr.isatty() else None),
         )
         self.metrics.bind_lag(self.telemetry.lag_seconds, self.telemetry.purge_horizon_seconds)
+        self.scheduler = VerificationScheduler(config, self.control, self._verification_done)
+        self._saved_verification_at = 0.0
         self.http: HttpServer | None = None
         self._conns: list[Connection] = []
         self.on_ready: Callable[[], None] | None = None
@@ -270,6 +275,8 @@ class Daemon:
             phase=self.telemetry.phase,
             tables=len(tables),
         )
+        if self.telemetry.phase == "streaming":
+            self.scheduler.start_when_copied()
         sdnotify.ready(f"{self.telemetry.phase} from {checkpoint.position}")
         if self.on_ready:
             self.on_ready()
@@ -283,6 +290,7 @@ class Daemon:
             applier.rollback()
             raise
         finally:
+            self.scheduler.stop()
             reader.stop()
             watcher.stop()
             if snapshot:
@@ -438,6 +446,7 @@ class Daemon:
                     self.telemetry.set_phase("streaming")
                     applier.commit(phase="streaming")
                     self.log.info("copy complete; streaming")
+                    self.scheduler.start_when_copied()
                 continue
             event = _next(reader, timeout=min(0.2, limits.batch_max_seconds))
             if event is None:
@@ -772,6 +781,23 @@ class Daemon:
         if self.telemetry.publish_due():
             self.telemetry.publish()
             self.telemetry.sync_verification()
+            self._persist_verification(applier)
+
+    def _verification_done(self, result: Result) -> None:
+        """Called from the verifier thread: the verdict goes to Redis now and to the target at the next tick."""
+        self.mirror.publish_verification(gate_summary(result, self.telemetry.wall()))
+        for table in result.tables:
+            self.metrics.verify_chunks.labels("mismatch" if table.differences else "match").inc(max(1, table.chunks))
+
+    def _persist_verification(self, applier: Applier) -> None:
+        """Keep the last verification (the daemon's or the CLI's) in the target: a Redis restart must not forget it."""
+        doc = self.telemetry.last_verification
+        if not doc or applier.target_open or float(doc.get("finished_at") or 0) <= self._saved_verification_at:
+            return
+        self.state.check_fence(applier.conn)
+        self.state.save_verification(applier.conn, doc)
+        query(applier.conn, "COMMIT")
+        self._saved_verification_at = float(doc.get("finished_at") or 0)
 
     def _check_throttle(self, source: Connection) -> None:
         limit = self.config.throttle.max_threads_running

@@ -62,6 +62,7 @@ class Telemetry:
     last_source_refresh: float = 0.0
     loop_tick: float = field(default_factory=time.monotonic)
     last_verification_sync: float = 0.0
+    last_verification: dict[str, Any] | None = None
 
     # --- computed at read time ---------------------------------------------------------------------------------
 
@@ -200,6 +201,7 @@ class Telemetry:
             return
         if not doc:
             return
+        self.last_verification = doc
         if doc.get("consistent") and doc.get("finished_at"):
             self.metrics.verify_success.set(float(doc["finished_at"]))
         per_table = doc.get("tables") or {}

@@ -1,0 +1,102 @@
+"""Continuous verification inside the daemon: a first full pass as soon as the copy completes, then one on a
+schedule, each aligned with the daemon's own applier through the same barrier the CLI uses over HTTP.
+
+A fresh deployment thus becomes ready without anyone stepping in, and the gate's "clean verification younger
+than 24 h" stays true for weeks of parallel running.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from austasync import log as logmod
+from austasync.config import Config
+from austasync.control import Control
+from austasync.errors import AustasyncError, UnavailableError
+from austasync.position import Position
+from austasync.verifier import Result, verify
+
+
+class InProcessAligner:
+    """The daemon's barrier reached through its control mailbox, for a verification running in the daemon."""
+
+    def __init__(self, control: Control, timeout_seconds: float = 60.0) -> None:
+        self.control = control
+        self.timeout = timeout_seconds
+
+    def _call(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
+        code, doc = self.control.call(command, body, timeout=self.timeout)
+        if code != 200:
+            raise UnavailableError(f"barrier {command} failed ({code}): {doc.get('error', doc)}")
+        return doc
+
+    def pause(self) -> Position | None:
+        return Position.parse(str(self._call("barrier/pause", {})["position"]))
+
+    def advance_to(self, position: Position) -> None:
+        reached = Position.parse(str(self._call("barrier/advance", {"position": str(position)})["position"]))
+        if reached != position:
+            raise UnavailableError(f"the applier stopped at {reached}, not at the snapshot position {position}")
+
+    def release(self) -> None:
+        self._call("barrier/release", {})
+
+
+class VerificationScheduler:
+    """Runs full verifications in a background thread once ``start_when_copied`` is called."""
+
+    def __init__(
+        self,
+        config: Config,
+        control: Control,
+        on_result: Callable[[Result], None],
+        *,
+        run: Callable[..., Result] = verify,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.aligner = InProcessAligner(control)
+        self.on_result = on_result
+        self.run_verification = run
+        self.clock = clock
+        self.log = logmod.get("austasync.verify")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def start_when_copied(self) -> None:
+        if self._thread is None and self.config.verify.interval_seconds > 0:
+            self._thread = threading.Thread(target=self._loop, name="verifier", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        """One pass now, then one every ``verify.interval_seconds``, until the daemon stops."""
+        while not self._stop.is_set():
+            started = self.clock()
+            try:
+                result = self.run_verification(self.config, self.aligner)
+            except (AustasyncError, OSError) as exc:
+                self.last_error = str(exc)
+                self.log.warning("scheduled verification could not complete; retrying later", error=str(exc)[:500])
+                self._stop.wait(min(300.0, self.config.verify.interval_seconds))
+                continue
+            except Exception as exc:  # noqa: BLE001 (a verifier bug must not stop replication; it is logged)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.log.error("scheduled verification failed", error=self.last_error[:500])
+                self._stop.wait(min(300.0, self.config.verify.interval_seconds))
+                continue
+            self.last_error = None
+            self.on_result(result)
+            self.log.info(
+                "scheduled verification done",
+                consistent=result.consistent,
+                drift_rows=sum(len(t.differences) for t in result.tables),
+                seconds=round(self.clock() - started, 1),
+            )
+            self._stop.wait(self.config.verify.interval_seconds)
