@@ -3,15 +3,19 @@
 Both sides are read in REPEATABLE READ consistent snapshots opened at one aligned point (DESIGN.md, "Verification
 rules"): the daemon, through an :class:`Aligner`, pauses its applier at a transaction boundary, the source
 snapshot is opened and its exact binlog position P read, the applier runs to exactly P and stays there while the
-target snapshot opens, then goes on. No lock is held on the source while anything waits. Snapshots are renewed
-within ``copy.snapshot_seconds`` so neither the applier nor the source's undo history waits long.
+target snapshot opens, then goes on. The target snapshot must then show the daemon's checkpoint at exactly P (it is
+committed with the data), which proves the alignment whatever the daemon's release timing. No lock is held on the
+source while anything waits. Snapshots are renewed within ``copy.snapshot_seconds`` so neither the applier nor the
+source's undo history waits long. Without a daemon both sides are compared as they are (``aligned: false``).
 
-Each table is compared in key-ordered chunks: the source picks the chunk's last key (the first chunk has no lower
-bound and the last one no upper bound, so target rows before the first or past the last source key are seen);
-both servers checksum that key range (:mod:`austasync.rowhash`); a mismatched chunk is narrowed, inside the same
-snapshots, to rows by their key-ordered row hashes, each differing key classified as missing_in_target,
-extra_in_target or changed. Every suspect chunk is narrowed again at a new aligned point and only keys that
-differ both times count: a row caught in flight never becomes a reported difference.
+Each table is compared in key-ordered chunks: the source sums the next rows and names the chunk's last key (the
+first chunk has no lower bound and the last one no upper bound, so target rows before the first or past the last
+source key are seen) while the target sums the previous chunk's key range: both servers work at once
+(:mod:`austasync.rowhash` says what is summed and why two changed rows cannot cancel). A mismatched chunk is
+narrowed inside the same snapshots: split into parts by source keys, each part summed on both sides, until a
+part is small enough to compare key-ordered row hashes, each differing key classified as missing_in_target,
+extra_in_target or changed. Every differing key is compared again at a new aligned point and counts only if it
+differs both times: a row caught in flight never becomes a reported difference.
 """
 
 from __future__ import annotations
