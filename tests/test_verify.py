@@ -385,6 +385,23 @@ def test_repair_recopies_the_differing_keys_and_verifies_again(copied: Env) -> N
     assert code == 0
 
 
+def test_a_lease_holder_without_a_reachable_barrier_is_could_not_complete(copied: Env) -> None:
+    """Comparing as is while some daemon may be streaming would invent or hide differences: refuse instead."""
+    client = redis.Redis.from_url(copied.redis.url)
+    client.set(f"t:{copied.name}:lease", json.dumps({"token": "x", "holder": "elsewhere:1"}), px=60_000)
+    try:
+        unknown = copied.run_cli("verify", "--tables", f"{copied.db}.t_clean")  # [http] listen port 0
+        assert unknown.returncode == 3 and "control address is not known" in unknown.stderr
+        copied.extra["http"] = {"listen": f"127.0.0.1:{free_port()}"}
+        unreachable = copied.run_cli("verify", "--tables", f"{copied.db}.t_clean")
+        assert unreachable.returncode == 3 and "cannot reach the daemon's control interface" in unreachable.stderr
+        repair = copied.run_cli("verify", "--repair", "--tables", f"{copied.db}.t_clean")
+        assert repair.returncode == 3 and "repair must go through it" in repair.stderr
+    finally:
+        copied.extra.pop("http", None)
+        client.delete(f"t:{copied.name}:lease")
+
+
 # --- with the daemon streaming: aligned through its barrier ----------------------------------------------------
 
 
