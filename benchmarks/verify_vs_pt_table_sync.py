@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -31,6 +32,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import MariaDB, Redis
 
 Difference = tuple[str, int]  # (table, id)
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent by both servers and by the tool's own process: where a run's time goes."""
+
+    def __init__(self, *servers: MariaDB) -> None:
+        self.pids = [s.proc.pid for s in servers if s.proc is not None]
+
+    def _servers(self) -> float:
+        total = 0
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / _TICK
+
+    def _children(self) -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def start(self) -> None:
+        self.began = (self._servers(), self._children())
+
+    def stop(self) -> tuple[float, float]:
+        return self._servers() - self.began[0], self._children() - self.began[1]
 
 
 def prepare(source: MariaDB, target: MariaDB, tables: int, rows: int) -> None:
@@ -165,12 +191,18 @@ def main() -> None:
         ours: list[float] = []
         theirs: list[float] = []
         theirs_md5: list[float] = []
+        meter = CpuMeter(source, target)
+        cpu: dict[str, list[tuple[float, float]]] = {"austasync": [], "pt": []}
         for _ in range(args.rounds):
+            meter.start()
             seconds, found = run_austasync(config)
+            cpu["austasync"].append(meter.stop())
             if found != wanted:
                 sys.exit(f"austasync verify found {sorted(found)}, injected {sorted(wanted)}")
             ours.append(seconds)
+            meter.start()
             seconds, found = run_pt(source, target)
+            cpu["pt"].append(meter.stop())
             if found != wanted:
                 sys.exit(f"pt-table-sync found {sorted(found)}, injected {sorted(wanted)}")
             theirs.append(seconds)
@@ -187,6 +219,14 @@ def main() -> None:
             "austasync_runs_s": [round(s, 2) for s in ours],
             "pt_table_sync_runs_s": [round(s, 2) for s in theirs],
             "both_found_every_difference": True,
+            # CPU seconds per run (median): both servers together, and the tool's own process
+            "cpu_s": {
+                tool: {
+                    "servers": round(statistics.median(c[0] for c in runs), 2),
+                    "client": round(statistics.median(c[1] for c in runs), 2),
+                }
+                for tool, runs in cpu.items()
+            },
             **(
                 {"pt_table_sync_md5_s": round(statistics.median(theirs_md5), 2), "pt_md5_runs_s": theirs_md5}
                 if theirs_md5
