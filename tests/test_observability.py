@@ -238,5 +238,10 @@ def test_the_daemon_verifies_by_itself_after_the_copy_and_finds_drift_on_its_nex
     code, doc = ready(env)
     # the foreign-write watcher saw the write at once; the next scheduled pass names the drifted row
     assert code == 1 and {"verification", "no_foreign_writes"} <= failing(doc)
-    _, text = http(env, "/metrics")
+    deadline = time.monotonic() + 15  # the metric mirrors the verdict within a sync interval (5 s)
+    while time.monotonic() < deadline:
+        _, text = http(env, "/metrics")
+        if metric(text, "austasync_verify_drift_rows", f'table="{env.db}.t"') == 1:
+            break
+        time.sleep(0.5)
     assert metric(text, "austasync_verify_drift_rows", f'table="{env.db}.t"') == 1

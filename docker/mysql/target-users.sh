@@ -5,5 +5,5 @@ docker_process_sql <<SQL
 CREATE USER 'austasync'@'%' IDENTIFIED BY '${austasync_password}';
 GRANT ALL PRIVILEGES ON austa_portal.* TO 'austasync'@'%';
 GRANT ALL PRIVILEGES ON _austasync.* TO 'austasync'@'%';
-GRANT CONNECTION_ADMIN ON *.* TO 'austasync'@'%';
+GRANT CONNECTION_ADMIN, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'austasync'@'%';
 SQL

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+import pymysql
+
 from austasync import log as logmod
 from austasync import preflight, readiness, sdnotify
 from austasync.applier import Applier
@@ -223,7 +225,8 @@ class Daemon:
         if not got:
             raise UnavailableError("stopped while waiting for the migration's lease")
 
-    def _run_with_lease(self, source: Connection, tables: dict[TableId, Table], fks: list[ForeignKey]) -> None:
+    def _fence_target(self, source: Connection) -> tuple[Connection, Connection]:
+        """Open the target sessions, refuse a failing preflight subset, and become the only writer (rule 11)."""
         admin = connect(self.config.target, "target")
         self._conns.append(admin)
         writer = connect(self.config.target, "target", autocommit=False)
@@ -236,6 +239,10 @@ class Daemon:
         generation = self.state.take_over(writer, [connection_id(writer), connection_id(admin)])
         self.telemetry.generation = generation
         self.log.info("fenced the target", generation=generation)
+        return admin, writer
+
+    def _run_with_lease(self, source: Connection, tables: dict[TableId, Table], fks: list[ForeignKey]) -> None:
+        admin, writer = self._fence_target(source)
         checkpoint, resumed = self._load_checkpoint(source, admin, writer, tables)
         if resumed:
             tables, fks = self._target_definitions(admin, tables)
@@ -292,13 +299,27 @@ class Daemon:
         finally:
             self.scheduler.stop()
             reader.stop()
-            watcher.stop()
+            if watcher is not None:
+                watcher.stop()
             if snapshot:
                 snapshot.close()
 
-    def _start_watcher(self, admin: Connection) -> TargetWriteWatcher:
-        """Watch the target's binlog from now on for writes that are not austasync's (rule 13)."""
-        rows = query(admin, "SHOW MASTER STATUS")
+    def _start_watcher(self, admin: Connection) -> TargetWriteWatcher | None:
+        """Watch the target's binlog from now on for writes that are not austasync's (rule 13).
+
+        Without the privileges to read it, replication goes on but the gate stays not ready: foreign writes
+        cannot be ruled out. The error says which grant is missing.
+        """
+        try:
+            rows = query(admin, "SHOW MASTER STATUS")
+        except pymysql.err.OperationalError as exc:
+            self.telemetry.watch_error = f"cannot read the target's binlog position: {exc.args[-1]}"
+            self.log.error(
+                "foreign writes cannot be detected: grant the target user REPLICATION SLAVE and BINLOG MONITOR"
+                " (MySQL: REPLICATION CLIENT)",
+                error=str(exc.args[-1]),
+            )
+            return None
         if not rows:
             raise SetupError("the target's binlog is off; foreign writes cannot be detected. Set log_bin on the target")
         rep = self.config.replication

@@ -504,11 +504,13 @@ def source_needs(flavor: str, version: tuple[int, ...], databases: Sequence[str]
     ]
 
 
-def target_needs(config: Config) -> list[Need]:
+def target_needs(config: Config, flavor: str = "mariadb") -> list[Need]:
     databases = sorted({config.replication.target_db(db) for db in config.replication.databases})
     needs = [Need("ALL PRIVILEGES", db) for db in [*databases, config.replication.state_schema]]
+    # to read the target's own binlog, where writes that are not austasync's show up (foreign writes)
+    monitor = Need("BINLOG MONITOR", None) if flavor == "mariadb" else Need("REPLICATION CLIENT", None)
     # to kill a stale daemon's sessions when taking over (fencing)
-    return [*needs, Need("CONNECTION ADMIN", None, ("SUPER",))]
+    return [*needs, Need("REPLICATION SLAVE", None), monitor, Need("CONNECTION ADMIN", None, ("SUPER",))]
 
 
 def check_grants(conn: Connection, role: str, needs_for: Callable[[str, tuple[int, ...]], list[Need]]) -> Check:
@@ -745,7 +747,7 @@ def run_preflight(config: Config, *, clock: Callable[[], float] = time.time) -> 
         if target is not None:
             for check in check_target_server(target):
                 report.add(check)
-            report.add(check_grants(target, "target", lambda _f, _v: target_needs(config)))
+            report.add(check_grants(target, "target", lambda f, _v: target_needs(config, f)))
             if tables is not None and source is not None:
                 report.add(check_target_tables(target, config, tables, source))
                 report.add(check_target_triggers(target, config, tables))

@@ -50,6 +50,7 @@ class Telemetry:
     applier: Applier | None = None
     reader: BinlogReader | None = None
     watcher: TargetWriteWatcher | None = None
+    watch_error: str | None = None
     source_head: Position | None = None
     binlog_files: list[tuple[str, int]] = field(default_factory=list)
     expire_seconds: float = math.inf
@@ -173,6 +174,8 @@ class Telemetry:
 
     def _watch_state(self) -> str:
         watcher = self.watcher
+        if self.watch_error is not None:
+            return f"failed: {self.watch_error[:200]}"
         if watcher is None:
             return "not started"
         if watcher.error is not None:

@@ -112,7 +112,7 @@ def _users(source: MariaDB, target: MariaDB, base: Path) -> tuple[Path, Path]:
         f"CREATE USER 'austasync'@'%' IDENTIFIED BY '{target_pw}'",
         f"GRANT ALL PRIVILEGES ON {portal.DATABASE}.* TO 'austasync'@'%'",
         "GRANT ALL PRIVILEGES ON _austasync.* TO 'austasync'@'%'",
-        "GRANT CONNECTION ADMIN ON *.* TO 'austasync'@'%'",
+        "GRANT CONNECTION ADMIN, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'austasync'@'%'",
     )
     paths = []
     for name, value in (("source.password", repl_pw), ("target.password", target_pw)):
