@@ -245,3 +245,19 @@ def test_the_daemon_verifies_by_itself_after_the_copy_and_finds_drift_on_its_nex
             break
         time.sleep(0.5)
     assert metric(text, "austasync_verify_drift_rows", f'table="{env.db}.t"') == 1
+
+
+def test_status_shows_phase_progress_verification_and_holder_without_secrets(env: Env) -> None:
+    start(env)
+    publish_verification(env, consistent=True, finished_at=time.time() - 120, drift_rows=0)
+    time.sleep(1.5)
+    result = env.run_cli("status")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "phase      streaming   alive: yes" in out
+    assert "verified   consistent, 2 min ago" in out
+    assert re.search(rf"{env.db}\.t\s+300 / ~\d+\s+done", out)
+    assert "holder" in out and ":" in out.split("holder", 1)[1].splitlines()[0]
+    for secret in ("repl-secret-pw", "target-secret-pw"):
+        assert secret not in out
+        assert secret not in env.run_cli("status", "--json").stdout

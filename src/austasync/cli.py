@@ -126,7 +126,7 @@ def run(config_path: str) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
 def status(config_path: str, as_json: bool) -> None:
-    """Phase, position, lag, copy progress and lease holder, as the daemon last published them to Redis."""
+    """Phase, position, lag, copy progress, throttle, last verification and lease holder, from Redis."""
     from austasync.mirror import Mirror  # noqa: PLC0415
 
     cfg = _load(config_path)
@@ -137,6 +137,7 @@ def status(config_path: str, as_json: bool) -> None:
         doc = mirror.status() or {}
         doc["alive"] = mirror.alive()
         doc["lease"] = mirror.lease_holder()
+        doc["last_verification"] = mirror.verification()
         return doc
 
     doc = _guard(read)
@@ -150,11 +151,24 @@ def status(config_path: str, as_json: bool) -> None:
     click.echo(f"position   {doc.get('position')}   lag {doc.get('lag_seconds')} s")
     throttle = doc.get("throttle") or {}
     click.echo(f"throttle   {'ON: ' + throttle.get('reason', '') if throttle.get('active') else 'off'}")
-    click.echo(f"holder     {(doc.get('lease') or {}).get('holder', '-')}")
+    click.echo(f"holder     {(doc.get('lease') or {}).get('holder', '-')}   generation {doc.get('generation')}")
+    click.echo(f"verified   {_verification_line(doc.get('last_verification'))}")
+    if doc.get("foreign_writes"):
+        click.echo(f"FOREIGN WRITES on the target: {doc['foreign_writes']}")
+    if doc.get("pending_stop"):
+        click.echo(f"STOPPED    {doc['pending_stop'].get('kind')}: {str(doc['pending_stop'].get('message', ''))[:300]}")
     click.echo("tables")
     for name, info in sorted((doc.get("tables") or {}).items()):
         mark = "done" if info["done"] else "copying"
         click.echo(f"  {name:<50} {info['rows_copied']:>12} / ~{info['rows_estimated']:<12} {mark}")
+
+
+def _verification_line(doc: dict[str, Any] | None) -> str:
+    if not doc:
+        return "never"
+    age = time.time() - float(doc.get("finished_at") or 0)
+    verdict = "consistent" if doc.get("consistent") else f"DIFFERENCES: {doc.get('drift_rows')} rows"
+    return f"{verdict}, {age / 60:.0f} min ago{'' if doc.get('aligned', True) else ' (not aligned: no daemon ran)'}"
 
 
 @main.command()
