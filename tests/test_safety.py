@@ -283,3 +283,42 @@ def test_on_ddl_exec_replays_the_ddl_at_its_position_and_keeps_streaming(env: En
     assert same(env)
     assert same(env, "created_later")
     assert "DDL replayed on the target" in env.daemon_log()
+
+
+def test_a_stop_while_resuming_a_split_transaction_never_lowers_its_applied_count(env: Env) -> None:
+    """Review finding: a SIGTERM before the applied prefix was re-read must not save a smaller skip count."""
+    from austasync import config as configmod  # noqa: PLC0415
+    from austasync.applier import Applier  # noqa: PLC0415
+    from austasync.db import connect, setup_target_session  # noqa: PLC0415
+    from austasync.events import Rows  # noqa: PLC0415
+    from austasync.position import Position  # noqa: PLC0415
+    from austasync.schema import load_tables  # noqa: PLC0415
+    from austasync.state import TargetState, connection_id  # noqa: PLC0415
+
+    simple_table(env, rows=1)
+    env.target.execute(
+        f"CREATE DATABASE {env.db}", f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(50) NOT NULL)"
+    )
+    cfg = configmod.load(env.config_path)
+    tables = load_tables(env.source.connect(), cfg)
+    conn = connect(cfg.target, "target", autocommit=False)
+    setup_target_session(conn)
+    state = TargetState("_austasync", env.name)
+    state.ensure_schema(conn)
+    state.take_over(conn, [connection_id(conn)])
+    start = Position("binlog.000001", 1000)
+    state.init(conn, start, [])
+    saved = f"SELECT file, pos, skip_events FROM _austasync.state WHERE migration = '{env.name}'"
+
+    applier = Applier(conn, state, tables, [], {}, start, skip_events=5)
+    applier.commit(phase="stopping")  # stopped before the transaction's first event came back
+    assert env.target.execute(saved) == [("binlog.000001", 1000, 5)]
+
+    applier = Applier(conn, state, tables, [], {}, start, skip_events=5)
+    applier.begin(start)
+    for seq in (1, 2):  # two of the five applied events re-read, then a stop
+        applier.rows(Rows(env.db, "t", "insert", ("id", "v"), ((None, (9, b"x")),), seq, start, 0))
+    applier.commit(phase="stopping")
+    assert env.target.execute(saved) == [("binlog.000001", 1000, 5)]
+    assert env.target.execute(f"SELECT COUNT(*) FROM {env.db}.t WHERE id = 9") == [(0,)]  # skipped, not re-applied
+    conn.close()

@@ -264,8 +264,12 @@ class Applier:
         self.flush()
         self._open()
         if self.in_txn:
-            # a big source transaction split across target transactions: resume skips what is applied
-            position, skip = self.txn_start, self.txn_seq
+            # a big source transaction split across target transactions: resume skips what is applied, and
+            # while a resume is still re-reading the applied prefix, never less than that prefix (rule 1)
+            position, skip = self.txn_start, max(self.txn_seq, self.resume_skip)
+        elif self.resume_skip:
+            # resumed inside a split transaction whose first event has not arrived yet: nothing moved
+            position, skip = self.committed, self.resume_skip
         else:
             position, skip = self.position, 0
         self.state.save_position(self.conn, position, skip, self.phase)
@@ -273,9 +277,6 @@ class Applier:
         self.target_open = False
         self.committed = position if not self.in_txn else self.committed
         self.skip_events = skip
-        if self.in_txn:
-            # later commits of this transaction must not re-skip; what is flushed stays applied
-            self.resume_skip = 0
         self.stats = BatchStats()
         return position
 
