@@ -78,11 +78,37 @@ from austasync.verifier import Result
 
 HEALTH_STALL_SECONDS = 30.0
 _DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|LOAD\s+DATA)\b", re.IGNORECASE)
-_DDL = re.compile(
-    r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\s+(?:OR\s+REPLACE\s+)?(?:TEMPORARY\s+)?"
-    r"(TABLE|DATABASE|SCHEMA|INDEX|UNIQUE\s+INDEX|FULLTEXT\s+INDEX|SPATIAL\s+INDEX|VIEW|TRIGGER|PROCEDURE|FUNCTION|EVENT)\b",
-    re.IGNORECASE,
+_WORD = re.compile(r"[A-Za-z_]+")
+# statements that change no row of a replicated table (their objects are created on the target at cutover)
+_HARMLESS_FIRST = {"GRANT", "REVOKE", "FLUSH", "ANALYZE", "OPTIMIZE", "CHECK", "CHECKSUM", "SET", "DO", "INSTALL"}
+_HARMLESS_OBJECTS = {"VIEW", "PROCEDURE", "FUNCTION", "EVENT", "TRIGGER", "USER", "ROLE", "SERVER"}
+_DATA_OBJECTS = {"TABLE", "TABLES", "DATABASE", "SCHEMA", "INDEX", "SEQUENCE"} | _HARMLESS_OBJECTS
+_TABLE_NAME = re.compile(
+    r"\b(?:TABLE|TRUNCATE)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?((?:`[^`]+`|\w+)(?:\.(?:`[^`]+`|\w+))?)", re.IGNORECASE
 )
+
+
+def classify_statement(text: str) -> str:
+    """ "dml", "harmless" or "ddl" for a statement logged as text outside a transaction.
+
+    An allow-list: only statements known to change no replicated row are harmless; anything else that names a
+    replicated schema goes to the ``on_ddl`` policy (``TRUNCATE t`` without ``TABLE``, ``ALTER IGNORE``,
+    ``ALTER ONLINE`` included), so an unknown statement stops instead of being skipped.
+    """
+    if _DML.match(text):
+        return "dml"
+    words = [w.upper() for w in _WORD.findall(text[:400])]
+    if not words:
+        return "harmless"
+    if words[0] in _HARMLESS_FIRST:
+        return "harmless"
+    if words[0] in ("CREATE", "ALTER", "DROP", "RENAME"):
+        kind = next((w for w in words[1:] if w in _DATA_OBJECTS), None)
+        if kind in _HARMLESS_OBJECTS:
+            return "harmless"
+    return "ddl"
+
+
 _CREATE_TABLE = re.compile(
     r"^\s*CREATE\s+TABLE\s+(?!IF\s+NOT\s+EXISTS)(?:`?(\w+)`?\.)?(?:`([^`]+)`|(\w+))", re.IGNORECASE
 )
@@ -552,11 +578,12 @@ class Daemon:
                 " It cannot be applied exactly; the session ran with binlog_format other than ROW."
                 " Fix the source and re-copy the affected tables"
             )
-        if _DML.match(text) and replicated:
+        kind = classify_statement(text)
+        if kind == "dml" and replicated:
             raise UncarryableValueError(
                 f"DML logged as a statement at {event.position}: {text[:200]!r}; cannot be applied exactly"
             )
-        if not (_DDL.match(text) and replicated):
+        if kind != "ddl" or not replicated or self._only_unselected_tables(event.schema, text):
             applier.boundary(event.position)
             return
         policy = self.config.replication.on_ddl
@@ -645,6 +672,18 @@ class Daemon:
                 restarted = CopyCursor(cursor.db, cursor.table, None, False, 0, cursor.rows_estimated)
                 self.state.save_cursor(conn, restarted)
                 self.telemetry.set_cursor(restarted)
+
+    def _only_unselected_tables(self, schema: str, text: str) -> bool:
+        """A DDL whose tables can all be named and none of which is replicated (an excluded table's ALTER)."""
+        names = _TABLE_NAME.findall(text)
+        if not names or not re.match(r"^\s*(ALTER|CREATE|DROP|TRUNCATE|RENAME)\b", text, re.IGNORECASE):
+            return False
+        for name in names:
+            parts = [p.strip("`") for p in name.split(".")]
+            db, table = (parts[0], parts[1]) if len(parts) == 2 else (schema, parts[0])
+            if self.config.table_selected(db, table):
+                return False
+        return True
 
     def _mentions_replicated(self, schema: str, text: str) -> bool:
         dbs = self.config.replication.databases
