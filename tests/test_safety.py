@@ -356,3 +356,18 @@ def test_truncate_without_the_table_keyword_stops_like_any_ddl(env: Env) -> None
     conn.close()
     assert proc.wait(30) == EXIT_DDL_STOP
     assert "TRUNCATE t" in env.daemon_log()
+
+
+def test_exec_replays_ddl_with_the_source_clock_so_current_timestamp_defaults_match(env: Env) -> None:
+    simple_table(env)
+    env.extra = {"replication": {"on_ddl": "exec"}}
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    # Laravel's ->useCurrent(): every existing row gets "now", which must be the source's moment
+    env.source.execute(f"ALTER TABLE {env.db}.t ADD COLUMN created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP")
+    time.sleep(2.2)
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    assert same(env)

@@ -602,6 +602,8 @@ class Daemon:
             "start": str(event.start),
             "end": str(event.position),
             "sql_mode": event.sql_mode,
+            "timestamp": event.timestamp,
+            "time_zone": event.time_zone,
         }
         self.state.check_fence(applier.conn)
         self.state.save_stop(applier.conn, stop)
@@ -628,6 +630,8 @@ class Daemon:
             "start": str(event.start),
             "end": str(event.position),
             "sql_mode": event.sql_mode,
+            "timestamp": event.timestamp,
+            "time_zone": event.time_zone,
             "executing": True,
         }
         conn = applier.conn
@@ -637,9 +641,8 @@ class Daemon:
         self._drop_precreated(conn, event)
         if self.telemetry.watcher is not None:
             self.telemetry.watcher.own_statements.add(event.query.strip())
-        execute_ddl(
-            conn, event.query, self.config.replication.target_db(event.schema) if event.schema else None, event.sql_mode
-        )
+        database = self.config.replication.target_db(event.schema) if event.schema else None
+        execute_ddl(conn, event.query, database, event.sql_mode, event.timestamp, event.time_zone)
         self.state.check_fence(conn)
         self.state.save_position(conn, event.position, 0, self.telemetry.phase)
         self.state.save_stop(conn, None)
@@ -922,18 +925,33 @@ def sql_mode_names(bits: int | None) -> str | None:
     return ",".join(name for bit, name in sorted(_SQL_MODE_BITS.items()) if bits & bit)
 
 
-def execute_ddl(conn: Connection, statement: str, database: str | None, sql_mode: int | None) -> None:
-    """Run a DDL on the target in its database and with the sql_mode it ran with on the source."""
+def execute_ddl(
+    conn: Connection,
+    statement: str,
+    database: str | None,
+    sql_mode: int | None,
+    timestamp: int | None = None,
+    time_zone: str | None = None,
+) -> None:
+    """Run a DDL on the target as it ran on the source: its database, sql_mode, clock and time zone.
+
+    The clock matters: ``ADD COLUMN ... DEFAULT CURRENT_TIMESTAMP`` (Laravel's ``useCurrent()``) fills every
+    existing row with "now", which must be the source's moment, as a replica does with ``SET TIMESTAMP``.
+    """
     if database:
         query(conn, f"USE {quote_ident(database)}")
     mode = sql_mode_names(sql_mode)
-    previous = query(conn, "SELECT @@SESSION.sql_mode")[0][0]
+    previous = query(conn, "SELECT @@SESSION.sql_mode, @@SESSION.time_zone")[0]
     if mode is not None:
         query(conn, "SET SESSION sql_mode = %s", (mode,))
+    if time_zone:
+        query(conn, "SET SESSION time_zone = %s", (time_zone,))
+    if timestamp:
+        query(conn, "SET SESSION timestamp = %s", (timestamp,))
     try:
         query(conn, statement)
     finally:
-        query(conn, "SET SESSION sql_mode = %s", (previous,))
+        query(conn, "SET SESSION sql_mode = %s, time_zone = %s, timestamp = DEFAULT", (previous[0], previous[1]))
 
 
 def _master_position(conn: Connection) -> Position:

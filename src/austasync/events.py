@@ -63,6 +63,7 @@ class Statement:
     in_transaction: bool
     sql_mode: int | None
     charset: bytes | None
+    time_zone: str | None = None  # the session time zone it ran in, when not the server's default
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,9 @@ def resolve_ddl(config: Config, action: str | None) -> str:
                 raise ConfigError(
                     "the statement may name a schema that is renamed on the target; apply it by hand and use --skip"
                 )
-            execute_ddl(conn, stop["statement"], target_db, stop.get("sql_mode"))
+            execute_ddl(
+                conn, stop["statement"], target_db, stop.get("sql_mode"), stop.get("timestamp"), stop.get("time_zone")
+            )
         state.check_fence(conn)
         state.save_position(conn, Position.parse(stop["end"]), 0, checkpoint.phase)
         state.save_stop(conn, None)

@@ -628,6 +628,7 @@ class BinlogReader:
                 in_transaction=state.in_txn and not state.standalone,
                 sql_mode=getattr(event, "sql_mode", None),
                 charset=None,
+                time_zone=_text_or_none(getattr(event, "time_zone", None)),
             )
         ]
         if state.standalone or not state.in_txn:
@@ -685,6 +686,12 @@ class BinlogReader:
             codec = _TableCodec(table, names, where)
             self._codecs[cache_key] = codec
         return codec
+
+
+def _text_or_none(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return str(value) if value else None
 
 
 def _interrupt(stream: BinLogStreamReader | None) -> None:
