@@ -7,6 +7,7 @@ request put on a queue and answered by the loop itself; the HTTP thread just wai
 from __future__ import annotations
 
 import queue
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,13 @@ AUTO_RELEASE_SECONDS = 10.0
 class Request:
     command: str
     body: dict[str, Any]
+    deadline: float = float("inf")
     reply: queue.Queue[tuple[int, dict[str, Any]]] = field(default_factory=lambda: queue.Queue(maxsize=1))
+
+    @property
+    def expired(self) -> bool:
+        """The caller stopped waiting: acting on it now (a pause!) would only stall the applier."""
+        return time.monotonic() > self.deadline
 
     def answer(self, code: int, doc: dict[str, Any]) -> None:
         self.reply.put_nowait((code, doc))
@@ -35,7 +42,7 @@ class Control:
         """Called from an HTTP thread: hand the request to the loop and wait for its answer."""
         if command not in self.COMMANDS:
             return 404, {"error": f"unknown control command {command!r}; known: {', '.join(self.COMMANDS)}"}
-        request = Request(command, body)
+        request = Request(command, body, deadline=time.monotonic() + timeout)
         self.requests.put(request)
         try:
             return request.reply.get(timeout=timeout)

@@ -8,7 +8,6 @@ reader at the checkpoint, and only then copy, each chunk at the barrier.
 from __future__ import annotations
 
 import contextlib
-import queue
 import re
 import sys
 import threading
@@ -51,6 +50,7 @@ from austasync.events import (
     Commit,
     Event,
     Heartbeat,
+    LiteralRows,
     ReaderFailed,
     Rows,
     SkippedRows,
@@ -77,6 +77,7 @@ from austasync.telemetry import Telemetry
 from austasync.verifier import Result
 
 HEALTH_STALL_SECONDS = 30.0
+_DRAIN_SECONDS = 0.05
 _DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|LOAD\s+DATA)\b", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z_]+")
 # statements that change no row of a replicated table (their objects are created on the target at cutover)
@@ -200,6 +201,8 @@ class Daemon:
                     # a DDL was replayed on the target: rebuild reader and applier from the new definitions
                     self.log.info("restarting the pipeline after DDL", statement=change.statement[:200])
                     self._close()
+                    if not self.mirror.renew_lease(self.config.replication.lease_seconds):
+                        raise FencedError("lost the migration's lease while replaying a DDL; stopping") from None
                     source, tables, fks = self._load_source()
         finally:
             self.metrics.lease_held.set(0)
@@ -233,7 +236,8 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"http.listen {self.config.http.listen}: cannot listen ({exc.strerror})") from None
         self.http.start()
-        self.log.info("http listening", address="{}:{}".format(*self.http.address))
+        self.telemetry.http_listen = "{}:{}".format(*self.http.address)
+        self.log.info("http listening", address=self.telemetry.http_listen)
 
     def _acquire_lease(self) -> None:
         def waiting(holder: str) -> None:
@@ -268,6 +272,9 @@ class Daemon:
         return admin, writer
 
     def _run_with_lease(self, source: Connection, tables: dict[TableId, Table], fks: list[ForeignKey]) -> None:
+        # a pipeline restart (after an exec DDL) starts from the target's state, not from the last run's memory
+        self.telemetry.cursors = {}
+        self.scheduler = VerificationScheduler(self.config, self.control, self._verification_done)
         admin, writer = self._fence_target(source)
         checkpoint, resumed = self._load_checkpoint(source, admin, writer, tables)
         if resumed:
@@ -293,6 +300,7 @@ class Daemon:
             queue_size=self.config.apply.queue_max_events,
             heartbeat_seconds=self.config.replication.heartbeat_seconds,
             read_timeout_seconds=self.config.replication.read_timeout_seconds,
+            value_tables=applier.value_tables,
         )
         self.telemetry.applier, self.telemetry.reader = applier, reader
         watcher = self._start_watcher(admin)
@@ -500,13 +508,27 @@ class Daemon:
                 if not applier.in_txn and applier.pending:
                     self._commit(applier)
                 continue
-            self._handle(event, applier)
-            if self._batch_full(applier):
-                self._commit(applier)
+            self._drain(event, applier, reader)
         self.telemetry.set_phase("stopping")
         self._commit(applier)
         self.log.info("stopped at a clean checkpoint", position=str(applier.committed), skip_events=applier.skip_events)
         self.telemetry.publish(force=True)
+
+    def _drain(self, event: Event, applier: Applier, reader: BinlogReader) -> None:
+        """Apply ``event`` and every event already decoded after it, up to a transaction boundary past a short time
+        budget: housekeeping, control requests and copy rounds wait at most that long, and the loop's own checks
+        are not paid per event (at catch-up speed they cost as much as applying one)."""
+        deadline = self.clock() + _DRAIN_SECONDS
+        while True:
+            self._handle(event, applier)
+            if self._batch_full(applier):
+                self._commit(applier)
+            if self.stopping or (not applier.in_txn and self.clock() >= deadline):
+                return
+            next_event = reader.get(timeout=0.0)
+            if next_event is None:
+                return
+            event = next_event
 
     def _batch_full(self, applier: Applier) -> bool:
         limits = self.config.apply
@@ -544,7 +566,12 @@ class Daemon:
                 self.telemetry.last_applied_ts = self._last_event_ts
 
     def _handle(self, event: Event, applier: Applier) -> None:
-        if isinstance(event, Rows | Commit):
+        if isinstance(event, LiteralRows):
+            if self.telemetry.pending_since_ts is None:
+                self.telemetry.pending_since_ts = float(event.timestamp)
+            self._last_event_ts = float(event.timestamp)
+            applier.literal_rows(event)
+        elif isinstance(event, Rows | Commit):
             if self.telemetry.pending_since_ts is None:
                 self.telemetry.pending_since_ts = float(event.timestamp)
             self._last_event_ts = float(event.timestamp)
@@ -664,7 +691,10 @@ class Daemon:
         cursor = self.telemetry.cursors.get((db, name))
         if cursor is not None and not cursor.done:
             target = f"{quote_ident(self.config.replication.target_db(db))}.{quote_ident(name)}"
-            query(conn, f"DROP TABLE IF EXISTS {target}")
+            statement = f"DROP TABLE IF EXISTS {target}"
+            if self.telemetry.watcher is not None:
+                self.telemetry.watcher.own_statements.add(statement)  # ours, not a foreign write
+            query(conn, statement)
             self.log.info("dropped a table created ahead of the stream", table=f"{db}.{name}")
 
     def _restart_copies_touched_by(self, conn: Connection, statement: str) -> None:
@@ -699,7 +729,7 @@ class Daemon:
 
     def _serve_control(self, applier: Applier, reader: BinlogReader, source: Connection) -> None:
         request = self.control.next()
-        if request is None:
+        if request is None or request.expired:
             return
         if request.command != "barrier/pause":
             request.answer(409, {"error": "the applier is not paused; POST /control/barrier/pause first"})
@@ -711,7 +741,7 @@ class Daemon:
         while self.clock() < deadline and not self.stopping:
             self._housekeeping(source, applier)
             request = self.control.next(timeout=0.1)
-            if request is None:
+            if request is None or request.expired:
                 continue
             if request.command == "barrier/release":
                 request.answer(200, {"position": str(applier.committed)})
@@ -721,6 +751,8 @@ class Daemon:
                 request.answer(200, {"position": str(applier.committed)})
                 continue
             self._barrier_advance(request, applier, reader)
+            # the client still needs a moment after an advance (opening its target snapshot)
+            deadline = self.clock() + AUTO_RELEASE_SECONDS
         self.log.warning("barrier: released automatically", seconds=AUTO_RELEASE_SECONDS)
 
     def _barrier_advance(self, request: Request, applier: Applier, reader: BinlogReader) -> None:
@@ -732,10 +764,16 @@ class Daemon:
         if target < applier.committed:
             request.answer(409, {"error": f"the applier is already past {target} (at {applier.committed})"})
             return
-        if self._advance_to(target, applier, reader):
+        try:
+            reached = self._advance_to(target, applier, reader, deadline=self.clock() + AUTO_RELEASE_SECONDS)
+        except UncarryableValueError as exc:
+            # a position that is no transaction boundary: the caller's mistake, not a reason to stop replicating
+            request.answer(409, {"error": str(exc)})
+            return
+        if reached:
             request.answer(200, {"position": str(applier.committed)})
         else:
-            request.answer(503, {"error": "stopping"})
+            request.answer(503, {"error": f"{target} was not reached within {AUTO_RELEASE_SECONDS:g} s, or stopping"})
 
     # --- bulk copy at the barrier (rule 7) --------------------------------------------------------------------
 
@@ -804,15 +842,23 @@ class Daemon:
         if ahead > 0:
             self._stop.wait(ahead)
 
-    def _advance_to(self, position: Position, applier: Applier, reader: BinlogReader) -> bool:
-        """Apply the stream up to exactly ``position`` (a transaction boundary) and commit there."""
+    def _advance_to(
+        self, position: Position, applier: Applier, reader: BinlogReader, deadline: float | None = None
+    ) -> bool:
+        """Apply the stream up to exactly ``position`` (a transaction boundary) and commit there.
+
+        False when stopping or past ``deadline`` (then the applier stands wherever it got, at a boundary or not).
+        """
         while applier.in_txn or applier.position < position:
-            if self.stopping:
+            if self.stopping or (deadline is not None and self.clock() > deadline):
                 return False
             event = _next(reader, timeout=0.2)
             if self.clock() - self.telemetry.loop_tick > 1.0:
+                # a long catch-up to a barrier does not pass through the housekeeping: keep the lease and watchdog
                 self.telemetry.loop_tick = self.clock()
-                sdnotify.watchdog()  # a long catch-up to a barrier does not pass through the housekeeping
+                sdnotify.watchdog()
+                if not self.mirror.renew_lease(self.config.replication.lease_seconds):
+                    raise FencedError("lost the migration's lease to another daemon; stopping without writing")
             if event is None:
                 continue
             self._handle(event, applier)
@@ -881,10 +927,7 @@ class Daemon:
 
 
 def _next(reader: BinlogReader, timeout: float) -> Event | None:
-    try:
-        return reader.events.get(timeout=timeout)
-    except queue.Empty:
-        return None
+    return reader.get(timeout=timeout)
 
 
 class _SchemaChanged(Exception):

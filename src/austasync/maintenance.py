@@ -66,6 +66,8 @@ def reset_state(config: Config) -> str:
     mirror, state, conn = _with_fence(config, "reset")
     try:
         state.reset(conn)
+        # a verdict about the old copy must not make the gate ready for the new one
+        mirror.forget_progress()
         return (
             f"migration {config.replication.name!r} reset: the next `austasync run` persists a new P0 and re-copies"
             " every table"

@@ -84,7 +84,14 @@ class Mirror:
             time.sleep(min(1.0, ttl_seconds / 4))
 
     def renew_lease(self, ttl_seconds: float) -> bool:
-        """Extend our lease; False if it is no longer ours (expired and taken, or Redis restarted empty)."""
+        """Extend our lease; False if another daemon holds it now. Redis unreachable counts as still ours: the
+        fence in the target, not the lease, is what stops a stale writer, so a Redis outage must not stop us."""
+        try:
+            return self._renew(ttl_seconds)
+        except redis.RedisError:
+            return True
+
+    def _renew(self, ttl_seconds: float) -> bool:
         result = self.client.eval(  # type: ignore[no-untyped-call]  # redis stubs leave eval untyped
             _RENEW, 1, self.key("lease"), self.token_value, int(ttl_seconds * 1000)
         )
@@ -113,6 +120,10 @@ class Mirror:
     def publish_verification(self, doc: dict[str, Any]) -> None:
         """The last verification's summary (``consistent``, ``finished_at``, ``drift_rows``...), for the gate."""
         self.client.set(self.key("verify"), json.dumps(doc, default=str))
+
+    def forget_progress(self) -> None:
+        """Drop the published status and verification (after a reset: they describe a copy that is gone)."""
+        self.client.delete(self.key("status"), self.key("verify"))
 
     def verification(self) -> dict[str, Any] | None:
         raw = self.client.get(self.key("verify"))

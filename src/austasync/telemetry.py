@@ -64,6 +64,8 @@ class Telemetry:
     loop_tick: float = field(default_factory=time.monotonic)
     last_verification_sync: float = 0.0
     last_verification: dict[str, Any] | None = None
+    heads_seen: list[tuple[Position, float]] = field(default_factory=list)
+    http_listen: str | None = None
 
     # --- computed at read time ---------------------------------------------------------------------------------
 
@@ -83,7 +85,22 @@ class Telemetry:
             grace = 3 * self.config.replication.heartbeat_seconds + 1.0
             if silence > grace:
                 lag = max(lag, silence)
+        behind = self._behind_since()
+        if behind is not None:
+            lag = max(lag, now - behind)
         return max(0.0, lag)
+
+    def _behind_since(self) -> float | None:
+        """When the source reached the oldest end-of-binlog position seen that is not committed yet.
+
+        Measured against the source's own head (read every few seconds), this catches a stream that is behind
+        while the applier's queue happens to be empty, e.g. when decoding is the bottleneck.
+        """
+        if self.applier is None:
+            return None
+        committed = self.applier.committed
+        self.heads_seen = [(p, t) for p, t in self.heads_seen if p > committed]
+        return self.heads_seen[0][1] if self.heads_seen else None
 
     def purge_horizon_seconds(self) -> float:
         """Seconds until the source may purge the binlog file the checkpoint needs (conservative)."""
@@ -131,6 +148,8 @@ class Telemetry:
         self.binlog_files = [(str(r[0]), int(r[1])) for r in rows]
         if rows:
             self.source_head = Position(str(rows[-1][0]), int(rows[-1][1]))
+            if not self.heads_seen or self.source_head > self.heads_seen[-1][0]:
+                self.heads_seen.append((self.source_head, self.wall()))
         self.metrics.bytes_behind.set(self.bytes_behind())
 
     def set_phase(self, phase: str) -> None:
@@ -168,6 +187,7 @@ class Telemetry:
             "foreign_write_watch": self._watch_state(),
             "pending_stop": self.pending_stop,
             "holder": holder_name(),
+            "http_listen": self.http_listen,
             "generation": self.generation,
             "updated_at": self.wall(),
         }
@@ -228,14 +248,8 @@ class Telemetry:
 
 
 def _peek_timestamp(reader: BinlogReader) -> float | None:
-    """Timestamp of the oldest event waiting in the reader's queue (a read-only peek under its lock)."""
-    events = reader.events
-    with events.mutex:
-        for event in events.queue:
-            ts = getattr(event, "timestamp", None)
-            if ts:
-                return float(ts)
-    return None
+    """Timestamp of the oldest event read from the source but not yet taken by the applier."""
+    return reader.oldest_waiting_timestamp()
 
 
 def _finite(value: float) -> float | None:
