@@ -215,6 +215,38 @@ def ready(config_path: str, as_json: bool, max_lag_seconds: float, max_verify_ag
 
 @main.command()
 @config_option
+@click.option("--app-user", "app_users", multiple=True, help="An application user that must not bypass read_only.")
+@click.option("--timeout-seconds", type=float, default=60.0, show_default=True, help="How long to wait for the drain.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def cutover(config_path: str, app_users: tuple[str, ...], timeout_seconds: float, as_json: bool) -> None:
+    """Make the source read-only, drain the stream, verify, raise AUTO_INCREMENTs and promote the target.
+
+    Needs a source user allowed to set read_only (SUPER or READ_ONLY ADMIN). Any failure before the promotion
+    makes the source writable again. Exit 0 promoted, 1 refused or failed (the reason is printed), 3 unavailable.
+    """
+    from austasync.cutover import run_cutover  # noqa: PLC0415
+
+    cfg = _load(config_path)
+    logmod.configure(cfg.log)
+    result = _guard(
+        lambda: run_cutover(
+            cfg, app_users=list(app_users), timeout_seconds=timeout_seconds, announce=lambda m: click.echo(m, err=True)
+        )
+    )
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        for step in result.steps:
+            click.echo(f"  {step['step']:<18} {step['seconds']:>8.3f} s")
+        click.echo(
+            f"promoted: the target holds every write up to source position {result.final_position}; writes were"
+            f" refused for {result.writes_refused_seconds:.1f} s. Next: point the application at the target."
+            f" A reverse stream would start at the target's {result.target_position}."
+        )
+
+
+@main.command()
+@config_option
 @click.option("--skip", "action", flag_value="skip", help="You applied the DDL to the target yourself: go past it.")
 @click.option("--exec", "action", flag_value="exec", help="Run the stopped DDL on the target, then go past it.")
 def ddl(config_path: str, action: str | None) -> None:

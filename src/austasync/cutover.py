@@ -1,0 +1,242 @@
+"""``austasync cutover``: stop writes on the legacy source, drain the stream, prove the target exact, promote it.
+
+Steps, each logged with its duration (issue 8):
+
+1. the gate must be ready (the same checks as ``austasync ready``);
+2. the source refuses writes: ``SET GLOBAL read_only = ON`` — the one global setting austasync ever changes on the
+   legacy host, announced before it happens — after checking that no listed application user can bypass it; then
+   no write transaction may still be open;
+3. the final source position is read only after that, and the daemon must apply exactly up to it;
+4. a verification of both sides, which stand still now;
+5. AUTO_INCREMENT counters on the target raised to at least the source's;
+6. the target is marked promoted in the fence row (every later austasync write to it refuses), its own binlog
+   coordinates recorded (where a reverse stream would start), and the result published.
+
+Any failure before step 6 sets ``read_only`` back to OFF and leaves everything as it was, with the reason.
+Reverse streaming (rollback without loss) is not built yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from austasync import readiness
+from austasync.config import Config
+from austasync.db import Connection, connect, query, setup_source_session, setup_target_session, variable
+from austasync.errors import AustasyncError, SetupError, UnavailableError
+from austasync.mirror import Mirror
+from austasync.position import Position
+from austasync.schema import load_tables
+from austasync.sql import qualified
+from austasync.state import TargetState, connection_id
+from austasync.verifier import NoDaemonAligner, verify
+
+
+@dataclass
+class CutoverResult:
+    final_position: Position | None = None
+    target_position: Position | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    writes_refused_seconds: float = 0.0
+    promoted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "promoted": self.promoted,
+            "final_source_position": str(self.final_position) if self.final_position else None,
+            "target_binlog_position": str(self.target_position) if self.target_position else None,
+            "writes_refused_seconds": round(self.writes_refused_seconds, 3),
+            "steps": self.steps,
+        }
+
+
+class CutoverError(AustasyncError):
+    """A cutover step failed; the source was made writable again."""
+
+    kind = "cutover"
+
+
+def _step(result: CutoverResult, name: str, started: float, **detail: Any) -> None:
+    result.steps.append({"step": name, "seconds": round(time.monotonic() - started, 3), **detail})
+
+
+def check_gate(config: Config, mirror: Mirror) -> None:
+    checks = readiness.evaluate(mirror.status(), mirror.verification(), alive=mirror.alive(), now=time.time())
+    failing = [f"{c.name}: {c.reason}" for c in checks if not c.ok]
+    if failing:
+        raise CutoverError("the readiness gate says not ready; nothing was changed:\n  " + "\n  ".join(failing))
+    del config
+
+
+def privileged_app_users(source: Connection, app_users: list[str]) -> list[str]:
+    """Listed application users that hold a privilege bypassing read_only (SUPER, READ_ONLY ADMIN)."""
+    rows = query(
+        source,
+        "SELECT GRANTEE, PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES"
+        " WHERE PRIVILEGE_TYPE IN ('SUPER', 'READ_ONLY ADMIN', 'CONNECTION_ADMIN', 'SYSTEM_VARIABLES_ADMIN')",
+    )
+    wanted = {u.lower() for u in app_users}
+    found = []
+    for grantee, privilege in rows:
+        user = str(grantee).split("@")[0].strip("'").lower()
+        if user in wanted:
+            found.append(f"{grantee} has {privilege}")
+    return found
+
+
+def _open_write_transactions(source: Connection) -> list[str]:
+    rows = query(
+        source,
+        "SELECT trx_mysql_thread_id, trx_rows_modified FROM information_schema.INNODB_TRX WHERE trx_rows_modified > 0",
+    )
+    return [f"thread {r[0]} ({r[1]} rows modified)" for r in rows]
+
+
+def _wait_applied(target: Connection, state: TargetState, final: Position, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        checkpoint = state.load(target)
+        if checkpoint is not None and checkpoint.position >= final and checkpoint.skip_events == 0:
+            if checkpoint.position != final:
+                raise CutoverError(f"the daemon's checkpoint {checkpoint.position} is past the final position {final}")
+            return
+        time.sleep(0.1)
+    raise CutoverError(f"the daemon did not apply up to the final source position {final} within {timeout:g} s")
+
+
+def _copy_auto_increment(config: Config, source: Connection, target: Connection) -> list[str]:
+    """Raise every target AUTO_INCREMENT to at least the source's, so no deleted patient's id is handed out again."""
+    query(source, "SET SESSION information_schema_stats_expiry = 0") if _has_stats_expiry(source) else None
+    changed = []
+    for table in load_tables(source, config).values():
+        row = query(
+            source,
+            "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (table.db, table.name),
+        )
+        if not row or row[0][0] is None:
+            continue
+        wanted = int(row[0][0])
+        tdb = config.replication.target_db(table.db)
+        current = query(
+            target,
+            "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (tdb, table.name),
+        )
+        if current and current[0][0] is not None and int(current[0][0]) >= wanted:
+            continue
+        query(target, f"ALTER TABLE {qualified(tdb, table.name)} AUTO_INCREMENT = {wanted}")
+        changed.append(f"{tdb}.{table.name}={wanted}")
+    return changed
+
+
+def _has_stats_expiry(conn: Connection) -> bool:
+    return variable(conn, "information_schema_stats_expiry") is not None
+
+
+def run_cutover(
+    config: Config,
+    *,
+    app_users: list[str],
+    timeout_seconds: float = 60.0,
+    announce: Callable[[str], None] = print,
+) -> CutoverResult:
+    """Run steps 1-6; on failure before 6, the source is made writable again and the error says why."""
+    result = CutoverResult()
+    mirror = Mirror(config.redis, config.replication.name)
+    started = time.monotonic()
+    check_gate(config, mirror)
+    _step(result, "gate", started)
+    source = connect(config.source, "source")
+    setup_source_session(source)
+    target = connect(config.target, "target", autocommit=False)
+    setup_target_session(target)
+    state = TargetState(config.replication.state_schema, config.replication.name)
+    try:
+        bypass = privileged_app_users(source, app_users)
+        if bypass:
+            raise CutoverError(
+                "application users can write through read_only; revoke these first:\n  " + "\n  ".join(bypass)
+            )
+        announce(
+            f"austasync: setting GLOBAL read_only = ON on the source {config.source.describe()}:"
+            " application writes will be refused until the application points at the target"
+        )
+        refused_since = time.monotonic()
+        query(source, "SET GLOBAL read_only = ON")
+        try:
+            _drain_and_promote(config, source, target, state, mirror, result, timeout_seconds)
+        except BaseException:
+            query(source, "SET GLOBAL read_only = OFF")
+            announce("austasync: cutover failed; the source is writable again (read_only = OFF)")
+            raise
+        result.writes_refused_seconds = time.monotonic() - refused_since
+    finally:
+        source.close()
+        target.close()
+    return result
+
+
+def _drain_and_promote(
+    config: Config,
+    source: Connection,
+    target: Connection,
+    state: TargetState,
+    mirror: Mirror,
+    result: CutoverResult,
+    timeout: float,
+) -> None:
+    started = time.monotonic()
+    open_trx = _open_write_transactions(source)
+    if open_trx:
+        raise CutoverError("write transactions are still open on the source: " + ", ".join(open_trx))
+    status = query(source, "SHOW MASTER STATUS")
+    if not status:
+        raise SetupError("the source's binlog is off")
+    result.final_position = Position(str(status[0][0]), int(status[0][1]))
+    _step(result, "source read-only", started, final_position=str(result.final_position))
+    started = time.monotonic()
+    _wait_applied(target, state, result.final_position, timeout)
+    _step(result, "drained", started)
+    mirror_status = mirror.status() or {}
+    mirror.client.set(mirror.key("cutover"), "drained")
+    started = time.monotonic()
+    verdict = verify(config, NoDaemonAligner())
+    if not verdict.consistent:
+        drift = sum(len(t.differences) for t in verdict.tables)
+        raise CutoverError(f"the final verification found {drift} differing rows (or unverified tables); not promoting")
+    _step(result, "verified", started, tables=len(verdict.tables))
+    started = time.monotonic()
+    changed = _copy_auto_increment(config, source, target)
+    _step(result, "auto_increment", started, raised=changed)
+    started = time.monotonic()
+    _promote(target, state, result)
+    _step(result, "promoted", started, target_position=str(result.target_position))
+    result.promoted = True
+    mirror.client.set(mirror.key("cutover"), "promoted")
+    del mirror_status
+
+
+def _promote(target: Connection, state: TargetState, result: CutoverResult) -> None:
+    """Mark the target promoted under the fence's exclusive lock: every later austasync write refuses."""
+    query(target, "SET SESSION innodb_lock_wait_timeout = 30")
+    rows = query(target, f"SELECT connections FROM {state.schema}.fence WHERE migration = %s", (state.migration,))
+    for conn_id in [int(c) for c in str(rows[0][0]).split(",") if c] if rows else []:
+        if conn_id != connection_id(target):
+            try:
+                query(target, f"KILL {conn_id}")
+            except Exception:  # noqa: BLE001, S112 (the daemon's session may be gone already)
+                continue
+    query(
+        target,
+        f"UPDATE {state.schema}.fence SET promoted = 1, generation = generation + 1 WHERE migration = %s",
+        (state.migration,),
+    )
+    position = query(target, "SHOW MASTER STATUS")
+    query(target, "COMMIT")
+    if not position:
+        raise UnavailableError("the target's binlog is off: a reverse stream would have nowhere to start")
+    result.target_position = Position(str(position[0][0]), int(position[0][1]))
