@@ -34,6 +34,8 @@ from austasync.sql import qualified
 from austasync.state import TargetState, connection_id
 from austasync.verifier import NoDaemonAligner, verify
 
+OPEN_TRANSACTIONS_WAIT_SECONDS = 10.0
+
 
 @dataclass
 class CutoverResult:
@@ -156,6 +158,14 @@ def run_cutover(
     setup_target_session(target)
     state = TargetState(config.replication.state_schema, config.replication.name)
     try:
+        if not app_users:
+            everyone = privileged_app_users(
+                source, [str(r[0]) for r in query(source, "SELECT DISTINCT User FROM mysql.user")]
+            )
+            announce(
+                "austasync: no --app-user given; these accounts can write through read_only (make sure the"
+                " application is none of them): " + ("; ".join(everyone) or "none")
+            )
         bypass = privileged_app_users(source, app_users)
         if bypass:
             raise CutoverError(
@@ -190,7 +200,13 @@ def _drain_and_promote(
     timeout: float,
 ) -> None:
     started = time.monotonic()
+    # a transaction that wrote before read_only fails at its next statement or at COMMIT and rolls back:
+    # wait for those to end, so the final position below covers every transaction that will ever commit
+    deadline = time.monotonic() + min(timeout, OPEN_TRANSACTIONS_WAIT_SECONDS)
     open_trx = _open_write_transactions(source)
+    while open_trx and time.monotonic() < deadline:
+        time.sleep(0.05)
+        open_trx = _open_write_transactions(source)
     if open_trx:
         raise CutoverError("write transactions are still open on the source: " + ", ".join(open_trx))
     status = query(source, "SHOW MASTER STATUS")
