@@ -30,6 +30,7 @@ def cut(env: Env) -> Iterator[Env]:
     )
     yield env
     env.source.execute("SET GLOBAL read_only = OFF", f"DROP USER 'app_{env.name[:20]}'@'%'")
+    env.target.execute("SET GLOBAL read_only = OFF")  # shared servers: a failed rollback test must not leak it
 
 
 def verified(env: Env) -> None:
@@ -133,3 +134,63 @@ def test_an_application_user_that_can_bypass_read_only_is_refused(cut: Env) -> N
     assert result.returncode == 1
     assert "can write through read_only" in result.stderr and app in result.stderr
     assert env.source.execute("SELECT @@GLOBAL.read_only") == [(0,)]
+
+
+def test_after_cutover_the_reverse_stream_keeps_the_legacy_host_exact(cut: Env) -> None:
+    env = cut
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    time.sleep(1.5)
+    verified(env)
+    result = env.run_cli("cutover", "--app-user", f"app_{env.name[:20]}", timeout=120)
+    assert result.returncode == 0, result.stderr
+    proc.wait(30)
+    reverse = env.start_daemon("--reverse")
+    # the application now writes to the promoted target
+    env.target.execute(
+        f"INSERT INTO {env.db}.consents (patient) VALUES ('after cutover 1'), ('after cutover 2')",
+        f"UPDATE {env.db}.consents SET patient = 'revoked' WHERE id = 3",
+        f"DELETE FROM {env.db}.consents WHERE id = 4",
+    )
+    head = tuple(env.target.execute("SHOW MASTER STATUS")[0][:2])
+    query = f"SELECT file, pos FROM _austasync.state WHERE migration = '{env.name}-reverse'"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert reverse.poll() is None, env.daemon_log()[-3000:]
+        try:
+            rows = env.source.execute(query)
+        except pymysql.err.ProgrammingError:
+            rows = []
+        if rows and (rows[0][0], int(rows[0][1])) == head:
+            break
+        time.sleep(0.2)
+    assert dump(env.source, env.db, "consents", "id") == dump(env.target, env.db, "consents", "id")
+    assert env.source.execute("SELECT @@GLOBAL.read_only") == [(1,)]  # the application still cannot write there
+    reverse.send_signal(signal.SIGTERM)
+    assert reverse.wait(15) == 0
+
+
+def test_a_full_rollback_round_trip_ends_with_both_sides_equal_and_the_legacy_host_writable(cut: Env) -> None:
+    env = cut
+    env.target.execute(f"CREATE USER IF NOT EXISTS 'app_{env.name[:20]}'@'%' IDENTIFIED BY 'app-pw'")
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    time.sleep(1.5)
+    verified(env)
+    assert env.run_cli("cutover", "--app-user", f"app_{env.name[:20]}", timeout=120).returncode == 0
+    proc.wait(30)
+    reverse = env.start_daemon("--reverse")
+    env.target.execute(f"INSERT INTO {env.db}.consents (patient) VALUES ('written on the new side')")
+    time.sleep(2)
+    redis.Redis.from_url(env.redis.url).set(
+        f"t:{env.name}-reverse:verify",
+        json.dumps({"consistent": True, "finished_at": time.time(), "drift_rows": 0}),
+    )
+    result = env.run_cli("rollback", "--json", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["promoted"] is True
+    assert dump(env.source, env.db, "consents", "id") == dump(env.target, env.db, "consents", "id")
+    assert env.source.execute("SELECT @@GLOBAL.read_only") == [(0,)]  # the legacy host takes writes again
+    assert env.target.execute("SELECT @@GLOBAL.read_only") == [(1,)]  # the new side refuses them
+    reverse.wait(30)
+    env.target.execute(f"DROP USER IF EXISTS 'app_{env.name[:20]}'@'%'")

@@ -27,6 +27,7 @@ from austasync.errors import (
     UnavailableError,
     UncarryableValueError,
 )
+from austasync.position import Position
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -98,7 +99,9 @@ def main() -> None:
 
 @main.command()
 @config_option
-def run(config_path: str) -> None:
+@click.option("--reverse", is_flag=True, help="After a cutover: stream the promoted target back into the legacy host.")
+@click.option("--from-position", help="Where the reverse stream starts (file:pos); default: recorded by cutover.")
+def run(config_path: str, reverse: bool, from_position: str | None) -> None:
     """Copy the selected schemas while streaming the binlog, then keep streaming (a daemon).
 
     SIGTERM stops at a clean checkpoint and exits 0. Exit codes: 2 configuration, 3 a server unreachable,
@@ -109,7 +112,11 @@ def run(config_path: str) -> None:
 
     cfg = _load(config_path)
     logmod.configure(cfg.log)
-    daemon = Daemon(cfg)
+    if reverse:
+        start = _guard(lambda: _reverse_start(cfg, from_position))
+        daemon = Daemon(configmod.reversed_config(cfg), start_at=start, assume_copied=True)
+    else:
+        daemon = Daemon(cfg)
 
     def on_signal(signum: int, _frame: object) -> None:
         logmod.get("austasync").info("signal received; stopping at a clean checkpoint", signal=signum)
@@ -120,6 +127,23 @@ def run(config_path: str) -> None:
     _guard(daemon.run)
     if daemon.progress is not None:
         daemon.progress.write("\n")
+
+
+def _reverse_start(cfg: configmod.Config, from_position: str | None) -> Position:
+    """The target's binlog position recorded at promotion, unless given."""
+    from austasync.mirror import Mirror  # noqa: PLC0415
+
+    if from_position:
+        try:
+            return Position.parse(from_position)
+        except ValueError:
+            raise ConfigError(f"--from-position must be file:pos, got {from_position!r}") from None
+    doc = Mirror(cfg.redis, cfg.replication.name).cutover()
+    if not doc or doc.get("state") != "promoted" or not doc.get("target_position"):
+        raise ConfigError(
+            "no promotion recorded for this migration: run `austasync cutover` first, or give --from-position"
+        )
+    return Position.parse(str(doc["target_position"]))
 
 
 @main.command()
@@ -243,6 +267,35 @@ def cutover(config_path: str, app_users: tuple[str, ...], timeout_seconds: float
             f" refused for {result.writes_refused_seconds:.1f} s. Next: point the application at the target."
             f" A reverse stream would start at the target's {result.target_position}."
         )
+
+
+@main.command()
+@config_option
+@click.option("--app-user", "app_users", multiple=True, help="An application user that must not bypass read_only.")
+@click.option("--timeout-seconds", type=float, default=60.0, show_default=True, help="How long to wait for the drain.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def rollback(config_path: str, app_users: tuple[str, ...], timeout_seconds: float, as_json: bool) -> None:
+    """The mirror of cutover, while `run --reverse` streams: make the promoted target read-only, drain the reverse
+    stream into the legacy host, verify, promote the legacy host and make it writable again."""
+    from austasync.cutover import run_cutover  # noqa: PLC0415
+
+    cfg = configmod.reversed_config(_load(config_path))
+    logmod.configure(cfg.log)
+    result = _guard(
+        lambda: run_cutover(
+            cfg,
+            app_users=list(app_users),
+            timeout_seconds=timeout_seconds,
+            announce=lambda m: click.echo(m, err=True),
+            reopen_target=True,
+        )
+    )
+    click.echo(
+        json.dumps(result.as_dict(), indent=2)
+        if as_json
+        else f"rolled back: the legacy host holds every write up to {result.final_position} and takes writes again;"
+        f" writes were refused for {result.writes_refused_seconds:.1f} s. Point the application back at it."
+    )
 
 
 @main.command()

@@ -12,7 +12,7 @@ import re
 import threading
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -448,3 +448,27 @@ def describe(config: Config) -> dict[str, Any]:
         return obj
 
     return dict(view(config))
+
+
+def reversed_config(config: Config) -> Config:
+    """The same migration streaming back: the promoted target is the source, the legacy host the target.
+
+    Used by ``austasync run --reverse`` after a cutover, so the legacy host stays exact for the rollback window.
+    The reverse stream has its own name (state rows and Redis keys), and renamed databases map back.
+    """
+    rep = config.replication
+    back = {target: source for source, target in rep.rename.items()}
+    reverse = replace(
+        rep,
+        name=f"{rep.name}-reverse"[:64],
+        databases=tuple(rep.target_db(db) for db in rep.databases),
+        rename=back,
+        include_tables=tuple(_rename_pattern(p, rep.rename) for p in rep.include_tables),
+        exclude_tables=tuple(_rename_pattern(p, rep.rename) for p in rep.exclude_tables),
+    )
+    return replace(config, source=config.target, target=config.source, replication=reverse)
+
+
+def _rename_pattern(pattern: str, rename: Mapping[str, str]) -> str:
+    db, dot, rest = pattern.partition(".")
+    return f"{rename.get(db, db)}{dot}{rest}"

@@ -48,6 +48,7 @@ class CutoverResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "promoted": self.promoted,
+            "target_position": str(self.target_position) if self.target_position else None,
             "final_source_position": str(self.final_position) if self.final_position else None,
             "target_binlog_position": str(self.target_position) if self.target_position else None,
             "writes_refused_seconds": round(self.writes_refused_seconds, 3),
@@ -145,6 +146,7 @@ def run_cutover(
     app_users: list[str],
     timeout_seconds: float = 60.0,
     announce: Callable[[str], None] = print,
+    reopen_target: bool = False,
 ) -> CutoverResult:
     """Run steps 1-6; on failure before 6, the source is made writable again and the error says why."""
     result = CutoverResult()
@@ -179,6 +181,10 @@ def run_cutover(
         query(source, "SET GLOBAL read_only = ON")
         try:
             _drain_and_promote(config, source, target, state, mirror, result, timeout_seconds)
+            if reopen_target:
+                # rollback: the legacy host was made read-only by the cutover; it takes the writes again
+                announce(f"austasync: setting GLOBAL read_only = OFF on {config.target.describe()}")
+                query(target, "SET GLOBAL read_only = OFF")
         except BaseException:
             query(source, "SET GLOBAL read_only = OFF")
             announce("austasync: cutover failed; the source is writable again (read_only = OFF)")
@@ -217,8 +223,7 @@ def _drain_and_promote(
     started = time.monotonic()
     _wait_applied(target, state, result.final_position, timeout)
     _step(result, "drained", started)
-    mirror_status = mirror.status() or {}
-    mirror.client.set(mirror.key("cutover"), "drained")
+    mirror.publish_cutover({"state": "drained", "final_source_position": str(result.final_position)})
     started = time.monotonic()
     verdict = verify(config, NoDaemonAligner())
     if not verdict.consistent:
@@ -232,8 +237,7 @@ def _drain_and_promote(
     _promote(target, state, result)
     _step(result, "promoted", started, target_position=str(result.target_position))
     result.promoted = True
-    mirror.client.set(mirror.key("cutover"), "promoted")
-    del mirror_status
+    mirror.publish_cutover({"state": "promoted", "at": time.time(), **result.as_dict()})
 
 
 def _promote(target: Connection, state: TargetState, result: CutoverResult) -> None:

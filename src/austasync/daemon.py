@@ -132,8 +132,13 @@ class Daemon:
         wall: Callable[[], float] = time.time,
         progress: TextIO | None = None,
         metrics: Metrics | None = None,
+        start_at: Position | None = None,
+        assume_copied: bool = False,
     ) -> None:
         self.config = config
+        # a reverse stream starts where the cutover promoted the target, with both sides already equal
+        self.start_at = start_at
+        self.assume_copied = assume_copied
         self.clock = clock
         self.log = logmod.get("austasync.run")
         self._stop = threading.Event()
@@ -411,9 +416,11 @@ class Daemon:
         if created:
             self.log.info("created target tables", count=created)
         if checkpoint is None:
-            p0 = _master_position(source)
+            p0 = self.start_at or _master_position(source)
             self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
-            self.log.info("persisted P0; the stream starts here", p0=str(p0))
+            if self.assume_copied:
+                self.state.mark_copied(writer)
+            self.log.info("persisted P0; the stream starts here", p0=str(p0), copy=not self.assume_copied)
             checkpoint = self.state.load(writer)
             if checkpoint is None:
                 raise UnavailableError("the state row written a moment ago is not in the target; is it read-only?")

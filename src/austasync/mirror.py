@@ -121,6 +121,13 @@ class Mirror:
         """The last verification's summary (``consistent``, ``finished_at``, ``drift_rows``...), for the gate."""
         self.client.set(self.key("verify"), json.dumps(doc, default=str))
 
+    def publish_cutover(self, doc: dict[str, Any]) -> None:
+        self.client.set(self.key("cutover"), json.dumps(doc, default=str))
+
+    def cutover(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.key("cutover"))
+        return json.loads(str(raw)) if raw else None
+
     def forget_progress(self) -> None:
         """Drop the published status and verification (after a reset: they describe a copy that is gone)."""
         self.client.delete(self.key("status"), self.key("verify"))

@@ -261,6 +261,12 @@ class TargetState:
             ),
         )
 
+    def mark_copied(self, conn: Connection) -> None:
+        """Every table counts as copied (a reverse stream: both sides were proven equal at its start)."""
+        self.check_fence(conn)
+        query(conn, f"UPDATE {self.schema}.copy_cursor SET done = 1 WHERE migration = %s", (self.migration,))
+        query(conn, "COMMIT")
+
     def reset(self, conn: Connection) -> None:
         """Forget the migration's progress (a re-copy starts from a new P0); the fence generation stays."""
         query(conn, f"DELETE FROM {self.schema}.state WHERE migration = %s", (self.migration,))
