@@ -86,6 +86,8 @@ def test_cutover_under_writes_loses_nothing_and_promotes_the_target(cut: Env) ->
     info = "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_NAME = 'consents' AND TABLE_SCHEMA = "
     assert env.target.execute(info + f"'{env.db}'")[0][0] >= env.source.execute(info + f"'{env.db}'")[0][0]
     assert env.target.execute(f"SELECT promoted FROM _austasync.fence WHERE migration = '{env.name}'") == [(1,)]
+    assert "cutover    promoted" in env.run_cli("status").stdout
+    assert json.loads(env.run_cli("ready", "--json").stdout)["cutover"] == "promoted"
     # the streaming daemon was fenced off; a new one refuses to write to a promoted target
     proc.wait(30)
     again = env.start_daemon()

@@ -162,6 +162,7 @@ def status(config_path: str, as_json: bool) -> None:
         doc["alive"] = mirror.alive()
         doc["lease"] = mirror.lease_holder()
         doc["last_verification"] = mirror.verification()
+        doc["cutover"] = mirror.cutover()
         return doc
 
     doc = _guard(read)
@@ -177,6 +178,8 @@ def status(config_path: str, as_json: bool) -> None:
     click.echo(f"throttle   {'ON: ' + throttle.get('reason', '') if throttle.get('active') else 'off'}")
     click.echo(f"holder     {(doc.get('lease') or {}).get('holder', '-')}   generation {doc.get('generation')}")
     click.echo(f"verified   {_verification_line(doc.get('last_verification'))}")
+    if doc.get("cutover"):
+        click.echo(f"cutover    {doc['cutover'].get('state')} at source {doc['cutover'].get('final_source_position')}")
     if doc.get("foreign_writes"):
         click.echo(f"FOREIGN WRITES on the target: {doc['foreign_writes']}")
     if doc.get("pending_stop"):
@@ -227,7 +230,13 @@ def ready(config_path: str, as_json: bool, max_lag_seconds: float, max_verify_ag
     )
     ok = readiness.is_ready(checks)
     if as_json:
-        click.echo(json.dumps({"ready": ok, "checks": [c.as_dict() for c in checks]}, default=str))
+        cutover_doc = mirror.cutover()
+        click.echo(
+            json.dumps(
+                {"ready": ok, "checks": [c.as_dict() for c in checks], "cutover": (cutover_doc or {}).get("state")},
+                default=str,
+            )
+        )
     elif ok:
         click.echo("ready")
     else:

@@ -154,6 +154,7 @@ def run_cutover(
     started = time.monotonic()
     check_gate(config, mirror)
     _step(result, "gate", started)
+    mirror.publish_cutover({"state": "draining", "at": time.time()})
     source = connect(config.source, "source")
     setup_source_session(source)
     target = connect(config.target, "target", autocommit=False)
@@ -187,6 +188,7 @@ def run_cutover(
                 query(target, "SET GLOBAL read_only = OFF")
         except BaseException:
             query(source, "SET GLOBAL read_only = OFF")
+            mirror.publish_cutover({"state": "failed", "at": time.time()})
             announce("austasync: cutover failed; the source is writable again (read_only = OFF)")
             raise
         result.writes_refused_seconds = time.monotonic() - refused_since
