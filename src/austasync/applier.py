@@ -21,7 +21,7 @@ import pymysql
 
 from austasync.db import ER_DUP_ENTRY, Connection, execute_raw, query
 from austasync.errors import DriftError, UncarryableValueError
-from austasync.events import Row, Rows
+from austasync.events import Key, LiteralRows, Row, Rows
 from austasync.position import Position
 from austasync.schema import ForeignKey, Table, TableId
 from austasync.sql import Kind, after_key, at_most_key, in_list, qualified, quote_ident, raw_literal, value_literal
@@ -104,6 +104,8 @@ class Applier:
         self.position = position  # last boundary consumed (committed or pending in the open batch)
         self.committed = position
         self.images: dict[TableId, dict[tuple[object, ...], Row | None]] = {}
+        # images of tables no cascade starts from, keyed by key literals, holding row literals (LiteralRows)
+        self.literal_images: dict[TableId, dict[Key, str | None]] = {}
         self.stats = BatchStats()
         self.in_txn = False  # inside a source transaction
         self.txn_start = position
@@ -113,6 +115,12 @@ class Applier:
         self.target_open = False
         self.phase = "copying"
         self.applied_rows: dict[tuple[str, str], int] = {}
+
+    @property
+    def value_tables(self) -> frozenset[TableId]:
+        """Tables whose rows must arrive as values (:class:`Rows`): a cascade starts from them, and the cascade
+        code compares and matches their values; every other table can arrive as literals (:class:`LiteralRows`)."""
+        return frozenset(tid for tid, plan in self.plans.items() if plan.on_delete or plan.on_update)
 
     def _plan(self, table: Table, fks: Sequence[ForeignKey]) -> _TablePlan:
         names = [c.name for c in table.columns]
@@ -143,6 +151,8 @@ class Applier:
         plan = self.plans[(event.db, event.table)]
         if self.stats.oldest_timestamp is None:
             self.stats.oldest_timestamp = event.timestamp
+        if plan.table.id in self.literal_images:
+            self.flush()  # the same table's earlier rows came as literals: keep their order
         cascading = self._needs_cascade(plan, event)
         if cascading:
             self.flush()
@@ -160,6 +170,37 @@ class Applier:
                 self.stats.bytes += _row_size(after)
             self.stats.rows += 1
         counter = (f"{plan.table.db}.{plan.table.name}", event.kind)
+        self.applied_rows[counter] = self.applied_rows.get(counter, 0) + len(event.rows)
+
+    def literal_rows(self, event: LiteralRows) -> None:
+        """The same net images as :meth:`rows`, for rows the reader already rendered as literals."""
+        self.txn_seq = event.seq
+        if self.resume_skip and event.seq <= self.resume_skip:
+            return  # applied before the restart that split this transaction (rule 1)
+        tid = (event.db, event.table)
+        plan = self.plans[tid]
+        if plan.on_delete or plan.on_update:
+            raise UncarryableValueError(
+                f"internal error: rows of {plan.table} arrived as literals, but cascades start from it and need values"
+            )
+        stats = self.stats
+        if stats.oldest_timestamp is None:
+            stats.oldest_timestamp = event.timestamp
+        if tid in self.images:
+            self.flush()  # the same table's earlier rows came as values: keep their order
+        images = self.literal_images.get(tid)
+        if images is None:
+            images = self.literal_images[tid] = {}
+        size = 0
+        for old, new, row in event.rows:
+            if old is not None and old != new:
+                images[old] = DELETED
+            if new is not None:
+                images[new] = row
+                size += len(row)  # type: ignore[arg-type]  # a new key always comes with its row
+        stats.bytes += size
+        stats.rows += len(event.rows)
+        counter = (f"{event.db}.{event.table}", event.kind)
         self.applied_rows[counter] = self.applied_rows.get(counter, 0) + len(event.rows)
 
     def take_counts(self) -> dict[tuple[str, str], int]:
@@ -184,7 +225,7 @@ class Applier:
 
     @property
     def pending(self) -> bool:
-        return bool(self.images) or self.target_open or self.position != self.committed
+        return bool(self.images or self.literal_images) or self.target_open or self.position != self.committed
 
     # --- writing ----------------------------------------------------------------------------------------------
 
@@ -195,13 +236,17 @@ class Applier:
 
     def flush(self) -> None:
         """Write the net images so far into the open target transaction."""
-        if not self.images:
+        if not self.images and not self.literal_images:
             return
         self._open()
         for tid, images in self.images.items():
             if images:
                 self._write_images(self.plans[tid], images)
         self.images = {}
+        for tid, literal_images in self.literal_images.items():
+            if literal_images:
+                self._write_literal_images(self.plans[tid], literal_images)
+        self.literal_images = {}
 
     def _write_images(self, plan: _TablePlan, images: dict[tuple[object, ...], Row | None]) -> None:
         keys = list(images)
@@ -218,6 +263,14 @@ class Applier:
                 ) from None
 
         self._insert(plan, (literal(r) for r in images.values() if r is not DELETED))
+
+    def _write_literal_images(self, plan: _TablePlan, images: dict[Key, str | None]) -> None:
+        keys = list(images)
+        for i in range(0, len(keys), MAX_KEYS_PER_DELETE):
+            self._execute(
+                f"DELETE FROM {plan.target} WHERE {in_list(plan.table.key, keys[i : i + MAX_KEYS_PER_DELETE])}", plan
+            )
+        self._insert(plan, [row for row in images.values() if row is not None])
 
     def _insert(self, plan: _TablePlan, literals: Iterable[str]) -> None:
         head = f"INSERT INTO {plan.target} ({plan.write_cols}) VALUES "
@@ -286,6 +339,7 @@ class Applier:
         finally:
             self.target_open = False
             self.images = {}
+            self.literal_images = {}
 
     # --- bulk copy chunks (rule 7) ----------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from austasync.position import Position
 
@@ -33,6 +33,27 @@ class Rows:
     rows: tuple[tuple[Row | None, Row | None], ...]  # (before, after)
     seq: int
     position: Position
+    timestamp: int
+
+
+Key = tuple[str, ...]
+
+
+class LiteralRows(NamedTuple):
+    """One rows event of a replicated table that no cascade starts from, already rendered as SQL literals.
+
+    Per row ``(old key, new key, new row)``: the key-column literals of the before image (None for an insert), of
+    the after image (None for a delete), and the after image's ``(v1,v2,...)`` literal over the writable columns.
+    The applier needs nothing else for net images, so the values never exist as Python objects past the decoder.
+    A named tuple, not a frozen dataclass: one is built per rows event, and a frozen dataclass costs several times
+    more to construct.
+    """
+
+    db: str
+    table: str
+    kind: RowKind
+    rows: list[tuple[Key | None, Key | None, str | None]]
+    seq: int
     timestamp: int
 
 
@@ -87,4 +108,4 @@ class ReaderFailed:
     error: BaseException
 
 
-Event = Begin | Rows | SkippedRows | Commit | Statement | Boundary | Heartbeat | ReaderFailed
+Event = Begin | Rows | LiteralRows | SkippedRows | Commit | Statement | Boundary | Heartbeat | ReaderFailed
