@@ -13,15 +13,17 @@ are reproduced by hand, recursively.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pymysql
 
 from austasync.db import ER_DUP_ENTRY, Connection, execute_raw, query
 from austasync.errors import DriftError, UncarryableValueError
-from austasync.events import Key, LiteralRows, Row, Rows
+from austasync.events import Key, LiteralRows, Row, Rows, TxnImages
 from austasync.position import Position
 from austasync.schema import ForeignKey, Table, TableId
 from austasync.sql import Kind, after_key, at_most_key, in_list, qualified, quote_ident, raw_literal, value_literal
@@ -75,6 +77,28 @@ def _failing_column(plan: _TablePlan, row: Sequence[object]) -> str:
     return "?"
 
 
+class _Job(threading.Thread):
+    """One batch written by a thread of its own (a daemon thread: a hung target must not hold up the exit)."""
+
+    def __init__(self, write: Callable[..., None], args: tuple[object, ...]) -> None:
+        super().__init__(name="target-writer", daemon=True)
+        self._write = write
+        self._args = args
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._write(*self._args)
+        except BaseException as exc:  # noqa: BLE001 (raised in the daemon's thread by result())
+            self.error = exc
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
 @dataclass
 class BatchStats:
     rows: int = 0
@@ -112,9 +136,13 @@ class Applier:
         self.txn_seq = 0  # rows events of the current source transaction consumed
         self.resume_skip = skip_events  # rows events of the first transaction applied before a restart
         self.skip_events = skip_events
-        self.target_open = False
+        self._txn_open = False  # a target transaction is open on this thread's side
+        # the batch the writer thread is committing (commit_async); at most one, so batches commit in order
+        self._inflight: _Job | None = None
+        self._writing: Position | None = None  # the source position a write in progress belongs to (messages)
         self.phase = "copying"
         self.applied_rows: dict[tuple[str, str], int] = {}
+        self._literal_counts: dict[tuple[TableId, str], int] = {}  # named like applied_rows in take_counts
 
     @property
     def value_tables(self) -> frozenset[TableId]:
@@ -173,38 +201,78 @@ class Applier:
         self.applied_rows[counter] = self.applied_rows.get(counter, 0) + len(event.rows)
 
     def literal_rows(self, event: LiteralRows) -> None:
-        """The same net images as :meth:`rows`, for rows the reader already rendered as literals."""
-        self.txn_seq = event.seq
-        if self.resume_skip and event.seq <= self.resume_skip:
+        """The same net images as :meth:`rows`, for rows the reader already rendered as literals.
+
+        Called once per rows event at catch-up speed: the checks that only depend on the table run when its first
+        rows of the batch arrive.
+        """
+        db, table, kind, rows, seq, timestamp = event
+        self.txn_seq = seq
+        if self.resume_skip and seq <= self.resume_skip:
             return  # applied before the restart that split this transaction (rule 1)
-        tid = (event.db, event.table)
-        plan = self.plans[tid]
-        if plan.on_delete or plan.on_update:
-            raise UncarryableValueError(
-                f"internal error: rows of {plan.table} arrived as literals, but cascades start from it and need values"
-            )
-        stats = self.stats
-        if stats.oldest_timestamp is None:
-            stats.oldest_timestamp = event.timestamp
-        if tid in self.images:
-            self.flush()  # the same table's earlier rows came as values: keep their order
+        tid = (db, table)
         images = self.literal_images.get(tid)
         if images is None:
+            plan = self.plans[tid]
+            if plan.on_delete or plan.on_update:
+                raise UncarryableValueError(
+                    f"internal error: rows of {plan.table} arrived as literals, but cascades start from it and need"
+                    " values"
+                )
+            if tid in self.images:
+                self.flush()  # the same table's earlier rows came as values: keep their order
             images = self.literal_images[tid] = {}
+        stats = self.stats
+        if stats.oldest_timestamp is None:
+            stats.oldest_timestamp = timestamp
         size = 0
-        for old, new, row in event.rows:
+        for old, new, row in rows:
             if old is not None and old != new:
                 images[old] = DELETED
             if new is not None:
                 images[new] = row
                 size += len(row)  # type: ignore[arg-type]  # a new key always comes with its row
         stats.bytes += size
-        stats.rows += len(event.rows)
-        counter = (f"{event.db}.{event.table}", event.kind)
-        self.applied_rows[counter] = self.applied_rows.get(counter, 0) + len(event.rows)
+        stats.rows += len(rows)
+        counter = (tid, kind)
+        self._literal_counts[counter] = self._literal_counts.get(counter, 0) + len(rows)
+
+    def literal_part(self, part: TxnImages) -> None:
+        """A transaction's rows merged by the reader (:class:`TxnImages`): its images go over the batch's."""
+        self.txn_seq = part.seq
+        if self.resume_skip:
+            # the reader merges nothing of the first transaction it reads, the only one a resume skips into
+            raise UncarryableValueError("internal error: merged rows arrived while a split transaction is resumed")
+        literal_images = self.literal_images
+        for tid, images in part.images.items():
+            target = literal_images.get(tid)
+            if target is None:
+                plan = self.plans[tid]
+                if plan.on_delete or plan.on_update:
+                    raise UncarryableValueError(
+                        f"internal error: rows of {plan.table} arrived as literals, but cascades start from it"
+                    )
+                if tid in self.images:
+                    self.flush()  # the same table's earlier rows came as values: keep their order
+                    literal_images = self.literal_images
+                literal_images[tid] = images  # the part is not used after this: no copy
+            else:
+                target.update(images)
+        stats = self.stats
+        if stats.oldest_timestamp is None:
+            stats.oldest_timestamp = part.oldest
+        stats.rows += part.rows
+        stats.bytes += part.bytes
+        counts = self._literal_counts
+        for counter, count in part.counts.items():
+            counts[counter] = counts.get(counter, 0) + count
 
     def take_counts(self) -> dict[tuple[str, str], int]:
         """Rows applied per (table, operation) since the last call, for the metrics."""
+        for ((db, table), kind), count in self._literal_counts.items():
+            key = (f"{db}.{table}", kind)
+            self.applied_rows[key] = self.applied_rows.get(key, 0) + count
+        self._literal_counts = {}
         counts, self.applied_rows = self.applied_rows, {}
         return counts
 
@@ -213,11 +281,12 @@ class Applier:
 
     def commit_seen(self, position: Position, timestamp: int) -> None:
         """The source transaction committed: its end is the new boundary."""
-        del timestamp
         self.in_txn = False
         self.resume_skip = 0
         self.position = position
         self.stats.transactions += 1
+        if self.stats.oldest_timestamp is None:
+            self.stats.oldest_timestamp = timestamp
 
     def boundary(self, position: Position) -> None:
         if not self.in_txn:
@@ -227,26 +296,46 @@ class Applier:
     def pending(self) -> bool:
         return bool(self.images or self.literal_images) or self.target_open or self.position != self.committed
 
+    @property
+    def target_open(self) -> bool:
+        """The target connection is in a transaction: open here, or a batch the writer thread is committing."""
+        return self._txn_open or self._inflight is not None
+
     # --- writing ----------------------------------------------------------------------------------------------
 
+    def wait(self) -> None:
+        """Wait until the writer thread has committed the batch handed to it; its failure is raised here."""
+        inflight = self._inflight
+        if inflight is not None:
+            self._inflight = None
+            inflight.result()
+
     def _open(self) -> None:
-        if not self.target_open:
+        if not self._txn_open:
             self.state.check_fence(self.conn)
-            self.target_open = True
+            self._txn_open = True
 
     def flush(self) -> None:
         """Write the net images so far into the open target transaction."""
+        self.wait()
         if not self.images and not self.literal_images:
             return
         self._open()
-        for tid, images in self.images.items():
-            if images:
-                self._write_images(self.plans[tid], images)
-        self.images = {}
-        for tid, literal_images in self.literal_images.items():
-            if literal_images:
-                self._write_literal_images(self.plans[tid], literal_images)
-        self.literal_images = {}
+        images, literal_images = self.images, self.literal_images
+        self.images, self.literal_images = {}, {}
+        self._write(images, literal_images)
+
+    def _write(
+        self,
+        images: dict[TableId, dict[tuple[object, ...], Row | None]],
+        literal_images: dict[TableId, dict[Key, str | None]],
+    ) -> None:
+        for tid, table_images in images.items():
+            if table_images:
+                self._write_images(self.plans[tid], table_images)
+        for tid, table_literal_images in literal_images.items():
+            if table_literal_images:
+                self._write_literal_images(self.plans[tid], table_literal_images)
 
     def _write_images(self, plan: _TablePlan, images: dict[tuple[object, ...], Row | None]) -> None:
         keys = list(images)
@@ -259,7 +348,8 @@ class Applier:
                 return plan.row_literal(row)
             except UncarryableValueError as exc:
                 raise UncarryableValueError(
-                    f"stream up to source position {self.position}: {exc}; nothing of this batch was committed"
+                    f"stream up to source position {self._writing or self.position}: {exc}; nothing of this batch"
+                    " was committed"
                 ) from None
 
         self._insert(plan, (literal(r) for r in images.values() if r is not DELETED))
@@ -291,7 +381,8 @@ class Applier:
         except pymysql.err.IntegrityError as exc:
             if exc.args and exc.args[0] == ER_DUP_ENTRY:
                 raise DriftError(
-                    f"unique-key collision writing {plan.table} at source position {self.position}: {exc.args[1]}."
+                    f"unique-key collision writing {plan.table} at source position {self._writing or self.position}:"
+                    f" {exc.args[1]}."
                     " The target holds a row the source does not explain (drift); run `austasync verify` and"
                     " repair or re-copy the table"
                 ) from None
@@ -302,13 +393,26 @@ class Applier:
                 # the literal was exact but the target will not store it (a strict session, another column
                 # type): a stop at the checkpoint, not a connection failure to retry
                 raise UncarryableValueError(
-                    f"the target refused a value of {plan.table} written at source position {self.position}:"
+                    f"the target refused a value of {plan.table} written at source position"
+                    f" {self._writing or self.position}:"
                     f" error {code}: {exc.args[1]}. Nothing of this target transaction was committed"
                 ) from None
             raise
 
+    def _checkpoint(self) -> tuple[Position, int]:
+        """The checkpoint a commit now records: a boundary, and how many rows events of the next transaction."""
+        if self.in_txn:
+            # a big source transaction split across target transactions: resume skips what is applied, and
+            # while a resume is still re-reading the applied prefix, never less than that prefix (rule 1)
+            return self.txn_start, max(self.txn_seq, self.resume_skip)
+        if self.resume_skip:
+            # resumed inside a split transaction whose first event has not arrived yet: nothing moved
+            return self.committed, self.resume_skip
+        return self.position, 0
+
     def commit(self, phase: str | None = None) -> Position:
         """Flush and commit the batch with the new checkpoint in the same target transaction."""
+        self.wait()
         if phase is not None and phase != self.phase:
             self.phase = phase
             self._open()  # a phase change alone is worth a commit: operators and the gate read it
@@ -316,28 +420,68 @@ class Applier:
             return self.committed
         self.flush()
         self._open()
-        if self.in_txn:
-            # a big source transaction split across target transactions: resume skips what is applied, and
-            # while a resume is still re-reading the applied prefix, never less than that prefix (rule 1)
-            position, skip = self.txn_start, max(self.txn_seq, self.resume_skip)
-        elif self.resume_skip:
-            # resumed inside a split transaction whose first event has not arrived yet: nothing moved
-            position, skip = self.committed, self.resume_skip
-        else:
-            position, skip = self.position, 0
+        position, skip = self._checkpoint()
         self.state.save_position(self.conn, position, skip, self.phase)
         query(self.conn, "COMMIT")
-        self.target_open = False
+        self._txn_open = False
         self.committed = position if not self.in_txn else self.committed
         self.skip_events = skip
         self.stats = BatchStats()
         return position
 
+    def commit_async(self) -> None:
+        """Like :meth:`commit`, but the batch is written and committed by the writer thread, so the next batch is
+        assembled while the target works on this one (the target would otherwise sit idle meanwhile).
+
+        The batch is the same target transaction with the same fence check, images and checkpoint; ``committed``
+        moves when it is done. Everything that uses the connection waits for it first (:meth:`wait`), and its
+        failure is raised there, before anything else is written.
+        """
+        self.wait()
+        if not self.pending:
+            return
+        position, skip = self._checkpoint()
+        job = (self.images, self.literal_images, self._txn_open, position, skip, self.in_txn, self.phase)
+        self.images, self.literal_images = {}, {}
+        self._txn_open = False
+        self.stats = BatchStats()
+        self._inflight = _Job(self._write_batch, job)
+
+    def _write_batch(
+        self,
+        images: dict[TableId, dict[tuple[object, ...], Row | None]],
+        literal_images: dict[TableId, dict[Key, str | None]],
+        was_open: bool,
+        position: Position,
+        skip: int,
+        in_txn: bool,
+        phase: str,
+    ) -> None:
+        """The writer thread's side of :meth:`commit_async`."""
+        self._writing = position
+        try:
+            if not was_open:
+                self.state.check_fence(self.conn)
+            self._write(images, literal_images)
+            self.state.save_position(self.conn, position, skip, phase)
+            query(self.conn, "COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):  # the failure itself is what the daemon reports
+                query(self.conn, "ROLLBACK")
+            raise
+        finally:
+            self._writing = None
+        if not in_txn:
+            self.committed = position
+        self.skip_events = skip
+
     def rollback(self) -> None:
+        with contextlib.suppress(Exception):  # a failed batch of the writer thread rolled itself back
+            self.wait()
         try:
             query(self.conn, "ROLLBACK")
         finally:
-            self.target_open = False
+            self._txn_open = False
             self.images = {}
             self.literal_images = {}
 

@@ -145,7 +145,9 @@ class CopyConfig:
 
 @dataclass(frozen=True)
 class ApplyConfig:
-    batch_max_rows: int = 5000
+    # measured on a sysbench catch-up: the target spent 3.2 s of CPU at 5000 rows a batch, 1.7 s at 20000 and 1.4 s
+    # at 50000 (fewer statements and commits, more keys collapsed); batch_max_bytes bounds the memory either way
+    batch_max_rows: int = 50000
     batch_max_bytes: int = 16 * 1024 * 1024
     batch_max_seconds: float = 0.5
     queue_max_events: int = 20000
@@ -381,7 +383,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             max_rows_per_second=cp.get("max_rows_per_second", lambda v, w: _int(v, w, 0), 0),
         ),
         apply=ApplyConfig(
-            batch_max_rows=ap.get("batch_max_rows", lambda v, w: _int(v, w, 1), 5000),
+            batch_max_rows=ap.get("batch_max_rows", lambda v, w: _int(v, w, 1), 50000),
             batch_max_bytes=ap.get("batch_max_bytes", lambda v, w: _int(v, w, 1024), 16 * 1024 * 1024),
             batch_max_seconds=ap.get("batch_max_seconds", _float, 0.5),
             queue_max_events=ap.get("queue_max_events", lambda v, w: _int(v, w, 100), 20000),

@@ -55,6 +55,7 @@ from austasync.events import (
     Rows,
     SkippedRows,
     Statement,
+    TxnImages,
 )
 from austasync.httpd import Endpoints, HttpServer
 from austasync.metrics import Metrics
@@ -163,6 +164,7 @@ class Daemon:
         self.on_ready: Callable[[], None] | None = None
         self.on_tick: Callable[[], None] | None = None
         self._last_event_ts: float | None = None
+        self._inflight_last_ts: float | None = None  # the newest event of the batch the writer thread commits
 
     def request_stop(self) -> None:
         """Stop at the next clean point (SIGTERM)."""
@@ -523,15 +525,53 @@ class Daemon:
 
     def _drain(self, event: Event, applier: Applier, reader: BinlogReader) -> None:
         """Apply ``event`` and every event already decoded after it, up to a transaction boundary past a short time
-        budget: housekeeping, control requests and copy rounds wait at most that long, and the loop's own checks
-        are not paid per event (at catch-up speed they cost as much as applying one)."""
-        deadline = self.clock() + _DRAIN_SECONDS
+        budget: housekeeping, control requests and copy rounds wait at most that long.
+
+        At catch-up speed the loop's own checks cost as much as applying an event, so transactions (merged by the
+        reader) and their events are handled inline here with the same batch limits as :meth:`_batch_full`, and
+        everything else goes through :meth:`_handle`.
+        """
+        limits = self.config.apply
+        max_rows, split_rows, max_bytes = limits.batch_max_rows, 4 * limits.batch_max_rows, limits.batch_max_bytes
+        max_seconds = limits.batch_max_seconds
+        telemetry, clock = self.telemetry, self.clock
+        deadline = clock() + _DRAIN_SECONDS
         while True:
-            self._handle(event, applier)
-            if self._batch_full(applier):
-                self._commit(applier)
-            if self.stopping or (not applier.in_txn and self.clock() >= deadline):
-                return
+            if isinstance(event, TxnImages | LiteralRows | Commit):
+                if telemetry.pending_since_ts is None:
+                    telemetry.pending_since_ts = float(getattr(event, "oldest", None) or event.timestamp)
+                ends = isinstance(event, Commit) or (isinstance(event, TxnImages) and event.end is not None)
+                if isinstance(event, TxnImages):
+                    if event.start is not None:
+                        applier.begin(event.start)
+                    applier.literal_part(event)
+                    if event.end is not None:
+                        applier.commit_seen(event.end, event.timestamp)
+                elif isinstance(event, LiteralRows):
+                    applier.literal_rows(event)
+                else:
+                    applier.commit_seen(event.position, event.timestamp)
+                stats = applier.stats
+                if ends:
+                    self._last_event_ts = float(event.timestamp)
+                    if stats.rows >= max_rows or stats.bytes >= max_bytes or clock() - stats.started >= max_seconds:
+                        self._commit_async(applier)
+                    if self.stopping or clock() >= deadline:
+                        return
+                elif applier.in_txn:
+                    # a source transaction bigger than the batch: split it, bounded memory (rule 1)
+                    if stats.rows >= split_rows or stats.bytes >= max_bytes:
+                        self._commit_async(applier)
+                elif self._batch_full(applier):
+                    self._commit_async(applier)
+            elif isinstance(event, Begin):
+                applier.begin(event.start)
+            else:
+                self._handle(event, applier)
+                if self._batch_full(applier):
+                    self._commit_async(applier)
+                if self.stopping or (not applier.in_txn and clock() >= deadline):
+                    return
             next_event = reader.get(timeout=0.0)
             if next_event is None:
                 return
@@ -569,11 +609,41 @@ class Daemon:
         self.metrics.last_checkpoint.set(self.telemetry.wall())
         if not applier.in_txn:
             self.telemetry.pending_since_ts = None
+            self._inflight_last_ts = None
             if self._last_event_ts is not None:
                 self.telemetry.last_applied_ts = self._last_event_ts
 
+    def _commit_async(self, applier: Applier) -> None:
+        """Hand the full batch to the applier's writer thread; the previous one is committed when this returns."""
+        if applier.phase != self.telemetry.phase:
+            self._commit(applier)
+            return
+        stats = applier.stats
+        rows, txns, oldest = stats.rows, stats.transactions, stats.oldest_timestamp
+        applier.commit_async()
+        self.metrics.batch_rows.observe(rows)
+        self.metrics.applied_transactions.inc(txns)
+        for (table, operation), count in applier.take_counts().items():
+            self.metrics.applied_rows.labels(table, operation).inc(count)
+        self.metrics.last_checkpoint.set(self.telemetry.wall())
+        if not applier.in_txn:
+            # the batch before is committed; the oldest change not yet on the target is this batch's first
+            self.telemetry.pending_since_ts = None if oldest is None else float(oldest)
+            if self._inflight_last_ts is not None:
+                self.telemetry.last_applied_ts = self._inflight_last_ts
+            self._inflight_last_ts = self._last_event_ts
+
     def _handle(self, event: Event, applier: Applier) -> None:
-        if isinstance(event, LiteralRows):
+        if isinstance(event, TxnImages):
+            if self.telemetry.pending_since_ts is None:
+                self.telemetry.pending_since_ts = float(event.oldest or event.timestamp)
+            if event.start is not None:
+                applier.begin(event.start)
+            applier.literal_part(event)
+            if event.end is not None:
+                self._last_event_ts = float(event.timestamp)
+                applier.commit_seen(event.end, event.timestamp)
+        elif isinstance(event, LiteralRows):
             if self.telemetry.pending_since_ts is None:
                 self.telemetry.pending_since_ts = float(event.timestamp)
             self._last_event_ts = float(event.timestamp)

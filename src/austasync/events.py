@@ -57,6 +57,28 @@ class LiteralRows(NamedTuple):
     timestamp: int
 
 
+class TxnImages(NamedTuple):
+    """The rows of a source transaction (or of a part of a big one), already merged by the reader into net images
+    per table: exactly what its run of Begin, LiteralRows and Commit events would leave in the applier.
+
+    At catch-up speed the applier's thread would otherwise spend as much time taking and dispatching events one by
+    one as the reader spends decoding them; merged, a transaction costs it a ``dict.update`` per table. Only tables
+    that arrive as literals are merged; any other event inside the transaction ends the part, and arrives on its own
+    after it.
+    """
+
+    start: Position | None  # the boundary before the transaction, on its first part (what Begin carries)
+    end: Position | None  # the end of its commit, on its last part (what Commit carries)
+    images: dict[tuple[str, str], dict[Key, str | None]]  # per table: key literals -> row literal, None = deleted
+    counts: dict[tuple[tuple[str, str], str], int]  # rows per table and operation, for the metrics
+    rows: int
+    bytes: int  # of the row literals, for the batch limit
+    first_seq: int  # rows events of the transaction up to this part (first_seq excluded) and with it (seq)
+    seq: int
+    oldest: int | None  # timestamp of its first rows event
+    timestamp: int  # of its commit, or of its last event
+
+
 @dataclass(frozen=True, slots=True)
 class SkippedRows:
     """A rows event of a table that is not replicated; it still counts for ``seq``."""
@@ -108,4 +130,4 @@ class ReaderFailed:
     error: BaseException
 
 
-Event = Begin | Rows | LiteralRows | SkippedRows | Commit | Statement | Boundary | Heartbeat | ReaderFailed
+Event = Begin | Rows | LiteralRows | TxnImages | SkippedRows | Commit | Statement | Boundary | Heartbeat | ReaderFailed

@@ -76,11 +76,13 @@ from austasync.events import (
     Commit,
     Event,
     Heartbeat,
+    Key,
     LiteralRows,
     ReaderFailed,
     Rows,
     SkippedRows,
     Statement,
+    TxnImages,
 )
 from austasync.position import Position
 from austasync.schema import Table, TableId
@@ -134,6 +136,7 @@ _IGNORED = (
 # are the pre-5.6 formats, which rowcodec decodes.
 _MARIADB53_HIRES = re.compile(r"\([1-6]\)\s*/\*\s*mariadb-5\.3\s*\*/", re.IGNORECASE)
 _SWITCH_INTERVAL = 0.001
+_PART_EVENTS = 2000  # rows events merged into one TxnImages at most: a big transaction is split in parts
 _BATCH_EVENTS = 1000  # events per list handed to the consumer; bounds memory and latency together
 _READ_SIZE = 1 << 20  # bytes asked of the socket per read while catching up
 _MAX_PACKET = 0xFFFFFF  # a payload this long continues in the next packet
@@ -142,6 +145,10 @@ _PARTIAL_UPDATE_ROWS = 39
 _HEADER = struct.Struct("<IBIII").unpack_from  # timestamp, type, server id, event size, next position
 _U16 = struct.Struct("<H").unpack_from
 _TABLE_ID = struct.Struct("<IH").unpack_from  # 6 bytes, little-endian
+# a packet's header (3-byte length, sequence), the OK byte, the event header (timestamp, type, server id, size,
+# next position, flags) and the first 6 bytes of the body (the table id of table maps and rows events)
+_FRAME = struct.Struct("<IBIBIIIHIH").unpack_from
+_FRAME_SIZE = 30
 _new_tuple = tuple.__new__  # builds a LiteralRows without its generated __new__ (one Python call less per event)
 
 
@@ -164,8 +171,108 @@ class _TableCodec:
                     f" mysql56_temporal_format=ON, run ALTER TABLE {table} FORCE"
                 )
         self.names = names
-        self.table = table
+        self.db, self.name = table.db, table.name
         self.decoder = RowsDecoder(specs, table.columns, table.key, literal=literal)
+        self.literal = literal
+        self.functions = self.decoder.functions
+        self.into = self.decoder.into
+        self.tid = table.id
+        self.full = self.decoder.full_bitmap
+        self.ncols = self.decoder.ncols
+
+    def literal_rows(self, b: bytes, body: int, body_end: int, etype: int, ts: int, seq: int, lib: _Library) -> Any:
+        """The fast path: a rows event of this table with FULL images, rendered as literals (a named tuple built
+        without its generated ``__new__``, one Python call less per event); None for anything unusual (column count,
+        a partial image, a value refused), which the general path then explains."""
+        p = body + lib.rows_post_header[etype]
+        if etype in _ROWS_V2:
+            p += _U16(b, body + 8)[0] - 2  # extra data (NDB, partition ids): its length counts its own 2 bytes
+        full = self.full
+        if b[p] != self.ncols or not b.startswith(full, p + 1):
+            return None
+        p += 1 + len(full)
+        kind = _ROWS_EVENTS[etype]
+        if kind == "update":
+            if not b.startswith(full, p):
+                return None
+            p += len(full)
+        try:
+            rows = self.functions[kind](b, p, body_end)
+        except Exception:  # noqa: BLE001 (decoded again on the general path, which names the column)
+            return None
+        return _new_tuple(LiteralRows, (self.db, self.name, kind, rows, seq, ts))
+
+    def merge(
+        self,
+        b: bytes,
+        body: int,
+        body_end: int,
+        etype: int,
+        ts: int,
+        lib: _Library,
+        chunk: _Chunk,
+        log_file: str,
+        log_pos: int,
+    ) -> bool:
+        """Merge a rows event of this table with FULL images into a transaction's net images; False for anything
+        unusual (column count, a partial image), which the general path then explains."""
+        p = body + lib.rows_post_header[etype]
+        if etype in _ROWS_V2:
+            p += _U16(b, body + 8)[0] - 2  # extra data (NDB, partition ids): its length counts its own 2 bytes
+        full = self.full
+        if b[p] != self.ncols or not b.startswith(full, p + 1):
+            return False
+        p += 1 + len(full)
+        kind = _ROWS_EVENTS[etype]
+        if kind == "update":
+            if not b.startswith(full, p):
+                return False
+            p += len(full)
+        images = chunk.images.get(self.tid)
+        if images is None:
+            images = chunk.images[self.tid] = {}
+        try:
+            rows, size = self.into[kind](b, p, body_end, images)
+        except Exception:  # the merged images are unusable now: stop, naming the column
+            self.decode(b, body, body_end, etype, lib, f"binlog {log_file}:{log_pos} ({self.db}.{self.name})")
+            raise
+        chunk.rows += rows
+        chunk.bytes += size
+        chunk.events += 1
+        counter = (self.tid, kind)
+        chunk.counts[counter] = chunk.counts.get(counter, 0) + rows
+        if chunk.oldest is None:
+            chunk.oldest = ts
+        return True
+
+    def decode(
+        self, b: bytes, body: int, body_end: int, etype: int, lib: _Library, where: str
+    ) -> tuple[str, list[Any], int]:
+        """The rows of an event, checked step by step: (kind, rows, position after them)."""
+        kind = _ROWS_EVENTS[etype]
+        p = body + lib.rows_post_header[etype]
+        if etype in _ROWS_V2:
+            p += _U16(b, body + 8)[0] - 2
+        ncols, p = read_lenenc(b, p)
+        if ncols != self.ncols:
+            raise UncarryableValueError(f"{where}: the rows event has {ncols} columns, its table map {self.ncols}")
+        nbytes = len(self.full)
+        for image in range(2 if kind == "update" else 1):
+            absent = first_absent(b[p + image * nbytes : p + (image + 1) * nbytes], ncols)
+            if absent is not None:
+                # FULL row images have every column: this one's value is simply not in the event
+                raise UncarryableValueError(
+                    f"{where} column {self.names[absent]}: the binlog value is not NULL but is not in the event"
+                    " (cols bitmap); a session on the source runs with binlog_row_image other than FULL. Refusing to"
+                    " write a guess"
+                )
+        p += nbytes * (2 if kind == "update" else 1)
+        try:
+            rows = self.decoder.decode(kind, b, p, body_end)
+        except ValueStop as exc:
+            column = f" column {exc.column}" if exc.column != "?" else ""
+            raise UncarryableValueError(f"{where}{column}: {exc.message}") from None
+        return kind, rows, body_end
 
 
 class _TableMap:
@@ -411,81 +518,123 @@ class BinlogReader:
     def _packets(self, stream: Any, state: _TxnState) -> None:  # noqa: PLR0915 (one inlined hot loop)
         """Read the dump's packets from the library's connection and turn them into events until stopped.
 
-        The hot loop of a catch-up: one iteration per binlog event, so the frequent types are handled inline.
+        The hot loop of a catch-up: one iteration per binlog event, so the frequent types are handled inline and a
+        whole packet's framing and event header are read with one ``struct`` call.
         """
         conn = stream._stream_connection
         rfile, seq = conn._rfile, conn._next_seq_id
         lib = _Library(stream)
         checksum = 4 if lib.use_checksum else 0
         maps_by_id = self._maps_by_id
+        frame, rows_kinds, batch = _FRAME, _ROWS_EVENTS, _BATCH_EVENTS
         buf, pos = b"", 0
         out = self._out
         while True:
-            avail = len(buf) - pos
-            length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16 if avail >= 4 else _MAX_PACKET
-            if length < _MAX_PACKET and avail >= 4 + length:
-                if buf[pos + 3] != seq:
-                    raise _lost(f"packet sequence number {buf[pos + 3]}, expected {seq}")
-                seq = (seq + 1) & 0xFF
-                b, s, pos = buf, pos + 4, pos + 4 + length
-                e = pos
+            if len(buf) - pos >= _FRAME_SIZE:
+                header, ok, ts, etype, _, size, log_pos, _, id_low, id_high = frame(buf, pos)
+                length = header & 0xFFFFFF
+                whole = ok == 0 and length < _MAX_PACKET and pos + 4 + length <= len(buf)
             else:
-                # not all here: hand over what is decoded before a read that may block
+                whole = False
+            if whole:
+                if header >> 24 != seq:
+                    raise _lost(f"packet sequence number {header >> 24}, expected {seq}")
+                seq = (seq + 1) & 0xFF
+                b, s = buf, pos + 4
+                pos = e = s + length
+            else:
+                # not all here, or not an event: hand over what is decoded before a read that may block
                 out = self._flush()
                 if self._stop.is_set():
                     return
                 b, buf, pos, seq = _read_packet(rfile, buf, pos, seq)
                 s, e = 0, len(b)
-            if b[s] != 0:
-                if b[s] == 0xFF:
-                    pymysql.err.raise_mysql_exception(b[s:e])
-                if b[s] == 0xFE and e - s < 9:
-                    return  # end of the dump: the server closed the stream
-                continue
-            ts, etype, _, size, log_pos = _HEADER(b, s + 1)
+                if b[0] != 0:
+                    if b[0] == 0xFF:
+                        pymysql.err.raise_mysql_exception(b)
+                    if b[0] == 0xFE and len(b) < 9:
+                        return  # end of the dump: the server closed the stream
+                    continue
+                ts, etype, _, size, log_pos = _HEADER(b, 1)
+                id_low, id_high = _TABLE_ID(b, 20) if len(b) >= 26 else (0, 0)
             if s + 1 + size != e:
                 raise _lost(f"event of {size} bytes in a packet of {e - s - 1}")
             body, body_end = s + 20, e - checksum
             if etype == _TABLE_MAP:
-                low, high = _TABLE_ID(b, body)
-                entry = maps_by_id.get(low | high << 32)
+                entry = maps_by_id.get(id_low | id_high << 32)
                 # the same table map as last time for this id (the usual case): no parsing, no hashing
                 if (
                     entry is None
                     or body_end - body - 6 != len(entry.content)
                     or not b.startswith(entry.content, body + 6)
                 ):
-                    entry = self._table_map(b, s, e, body, body_end, lib, low | high << 32)
+                    entry = self._table_map(b, s, e, body, body_end, lib, id_low | id_high << 32)
                 if log_pos:  # artificial events (log_pos 0) carry no position
                     state.last_table = entry.label
                     if not state.in_txn and not state.standalone:
                         state.boundary = Position(stream.log_file, log_pos)
                         out.append(Boundary(state.boundary))
-            elif etype in _ROWS_EVENTS:
+            elif etype in rows_kinds:
                 if log_pos:
-                    out.append(self._rows(b, body, body_end, etype, log_pos, ts, stream, state, lib))
+                    state.seq += 1
+                    entry = maps_by_id.get(id_low | id_high << 32)
+                    codec = entry.codec if entry is not None else None
+                    chunk = state.chunk
+                    if chunk is not None and entry is not None:
+                        # inside a transaction: merged into its net images, or (not replicated) only counted
+                        if codec is not None and codec.literal:
+                            if codec.merge(b, body, body_end, etype, ts, lib, chunk, stream.log_file, log_pos):
+                                if chunk.events >= _PART_EVENTS:  # a big transaction goes in parts (rule 1)
+                                    out.append(state.part(None, ts))
+                                    state.chunk = _Chunk(None, state.seq)
+                                continue
+                        elif entry.table is None:
+                            continue
+                    event = None
+                    if codec is not None and codec.literal:
+                        event = codec.literal_rows(b, body, body_end, etype, ts, state.seq, lib)
+                    if chunk is not None:
+                        # an event that cannot be merged: what is merged so far goes first, then the event on its own
+                        out.append(state.part(None, ts, state.seq - 1))
+                        state.chunk = _Chunk(None, state.seq)
+                    out.append(event or self._rows(b, body, body_end, etype, log_pos, ts, stream, state, lib))
                     if not state.in_txn and not state.standalone:
                         state.boundary = Position(stream.log_file, log_pos)
             elif etype == _XID:
                 if log_pos:
                     state.in_txn = False
                     end = Position(stream.log_file, log_pos)
-                    out.append(Commit(end, ts))
+                    out.append(Commit(end, ts) if state.chunk is None else state.part(end, ts))
+                    state.chunk, state.merging = None, True
                     if not state.standalone:
                         state.boundary = end
             elif etype == _MARIADB_GTID:
                 if log_pos:
+                    if state.chunk is not None:
+                        out.append(state.part(None, ts))  # a transaction that never committed: as it was read
+                        state.chunk = None
                     state.standalone = bool(b[body + 12] & _FL_STANDALONE)
                     if not state.standalone:
                         state.begin()
-                        out.append(Begin(state.boundary))
+                        if state.merging:
+                            state.chunk = _Chunk(state.boundary, 0)
+                        else:
+                            out.append(Begin(state.boundary))
             elif etype == _QUERY and log_pos and _query_text(b, body, body_end, lib) == b"BEGIN":
                 if not state.in_txn:  # MySQL's BEGIN of each transaction; any other statement goes to the library
                     state.begin()
-                    out.append(Begin(state.boundary))
+                    if state.merging:
+                        state.chunk = _Chunk(state.boundary, 0)
+                    else:
+                        out.append(Begin(state.boundary))
             else:
+                if state.chunk is not None:
+                    out.append(state.part(None, ts))
+                    state.chunk = None
                 self._other(b, s, e, etype, ts, log_pos, stream, state, lib)
-            if len(out) >= _BATCH_EVENTS:
+                if state.in_txn and state.merging:
+                    state.chunk = _Chunk(None, state.seq)
+            if len(out) >= batch:
                 out = self._flush()
 
     def _other(
@@ -533,7 +682,8 @@ class BinlogReader:
         state: _TxnState,
         lib: _Library,
     ) -> Rows | LiteralRows | SkippedRows:
-        state.seq += 1
+        """A rows event on the general path: a table's first rows, a table whose rows go as values, a table that
+        is not replicated, or a refusal. ``state.seq`` already counts it."""
         low, high = _TABLE_ID(b, body)
         entry = self._maps_by_id.get(low | high << 32)
         if entry is None:
@@ -543,40 +693,13 @@ class BinlogReader:
             )
         if entry.table is None:
             return SkippedRows(state.seq)  # not replicated: counted, never decoded
-        codec = entry.codec or self._codec(entry, f"binlog {stream.log_file}:{log_pos} ({entry.label})")
-        decoder = codec.decoder
-        kind = _ROWS_EVENTS[etype]
-        p = body + lib.rows_post_header[etype]
-        if etype in _ROWS_V2:
-            p += _U16(b, body + 8)[0] - 2  # extra data (NDB, partition ids): its length counts its own 2 bytes
-        ncols = b[p]
-        p += 1
-        if ncols >= 251:
-            ncols, p = read_lenenc(b, p - 1)
-        full = decoder.full_bitmap
-        # FULL row images have every column: anything else is a column whose value is not in the event
-        if (
-            ncols != decoder.ncols
-            or not b.startswith(full, p)
-            or (kind == "update" and not b.startswith(full, p + len(full)))
-        ):
-            self._partial_image(b, p, ncols, kind, codec, f"binlog {stream.log_file}:{log_pos} ({entry.label})")
-        p += 2 * len(full) if kind == "update" else len(full)
-        try:
-            rows = decoder.functions[kind](b, p, body_end)
-        except Exception:  # diagnosed column by column, then stopped
-            where = f"binlog {stream.log_file}:{log_pos} ({entry.label})"
-            try:
-                decoder.decode(kind, b, p, body_end)
-            except ValueStop as exc:
-                column = f" column {exc.column}" if exc.column != "?" else ""
-                raise UncarryableValueError(f"{where}{column}: {exc.message}") from None
-            raise
-        table = codec.table
-        if decoder.literal:
-            return _new_tuple(LiteralRows, (table.db, table.name, kind, rows, state.seq, ts))
+        where = f"binlog {stream.log_file}:{log_pos} ({entry.label})"
+        codec = entry.codec or self._codec(entry, where)
+        kind, rows, _ = codec.decode(b, body, body_end, etype, lib, where)
+        if codec.literal:
+            return _new_tuple(LiteralRows, (codec.db, codec.name, kind, rows, state.seq, ts))
         end = Position(stream.log_file, log_pos)
-        return Rows(table.db, table.name, kind, codec.names, tuple(rows), state.seq, end, ts)  # type: ignore[arg-type]
+        return Rows(codec.db, codec.name, kind, codec.names, tuple(rows), state.seq, end, ts)  # type: ignore[arg-type]
 
     def _codec(self, entry: _TableMap, where: str) -> _TableCodec:
         """The decoder of a replicated table's map, built on its first rows event (which names it on a refusal)."""
@@ -588,21 +711,6 @@ class BinlogReader:
             )
         entry.codec = _TableCodec(table, entry.specs, where, literal=table.id not in self.value_tables)
         return entry.codec
-
-    @staticmethod
-    def _partial_image(b: bytes, p: int, ncols: int, kind: str, codec: _TableCodec, where: str) -> None:
-        decoder = codec.decoder
-        if ncols != decoder.ncols:
-            raise UncarryableValueError(f"{where}: the rows event has {ncols} columns, its table map {decoder.ncols}")
-        nbytes = len(decoder.full_bitmap)
-        for image in range(2 if kind == "update" else 1):
-            absent = first_absent(b[p + image * nbytes : p + (image + 1) * nbytes], ncols)
-            if absent is not None:
-                raise UncarryableValueError(
-                    f"{where} column {codec.names[absent]}: the binlog value is not NULL but is not in the event"
-                    " (cols bitmap); a session on the source runs with binlog_row_image other than FULL. Refusing to"
-                    " write a guess"
-                )
 
     def _convert(self, event: Any, stream: Any, state: _TxnState) -> list[Event]:
         end = Position(stream.log_file, int(event.packet.log_pos or 0))
@@ -766,11 +874,48 @@ class _TxnState:
         self.standalone = False
         self.seq = 0
         self.last_table = ""
+        # the transaction's rows merged so far (TxnImages). Not in the first transaction read: a resume may skip
+        # a prefix of its rows events, which the applier does event by event
+        self.chunk: _Chunk | None = None
+        self.merging = False
 
     def begin(self) -> None:
         self.in_txn = True
         self.seq = 0
         self.last_table = ""
+
+    def part(self, end: Position | None, ts: int, seq: int | None = None) -> TxnImages:
+        """The merged rows as an event; ``end`` on the transaction's last part."""
+        chunk = self.chunk
+        assert chunk is not None  # noqa: S101 (callers check)
+        return TxnImages(
+            chunk.start,
+            end,
+            chunk.images,
+            chunk.counts,
+            chunk.rows,
+            chunk.bytes,
+            chunk.first_seq,
+            self.seq if seq is None else seq,
+            chunk.oldest,
+            ts,
+        )
+
+
+class _Chunk:
+    """Rows of one transaction being merged into net images (see :class:`austasync.events.TxnImages`)."""
+
+    __slots__ = ("bytes", "counts", "events", "first_seq", "images", "oldest", "rows", "start")
+
+    def __init__(self, start: Position | None, first_seq: int) -> None:
+        self.start = start
+        self.first_seq = first_seq
+        self.images: dict[TableId, dict[Key, str | None]] = {}
+        self.counts: dict[tuple[TableId, str], int] = {}
+        self.rows = 0
+        self.bytes = 0
+        self.events = 0
+        self.oldest: int | None = None
 
 
 def _translate(exc: BaseException, start: Position) -> BaseException:

@@ -34,7 +34,6 @@ import datetime as dt
 import decimal
 import json
 import math
-import re
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from typing import Any
 
 from austasync.errors import UncarryableValueError
 from austasync.schema import Column
-from austasync.sql import Kind, escape_bytes, value_literal
+from austasync.sql import _ESCAPE_TABLE, Kind, escape_bytes, value_literal
 
 # binlog column types (include/mysql_com.h enum_field_types)
 DECIMAL, TINY, SHORT, LONG, FLOAT, DOUBLE, NULL, TIMESTAMP, LONGLONG, INT24 = range(10)
@@ -297,12 +296,10 @@ def _json_container(buf: bytes, start: int, *, large: bool, is_object: bool) -> 
 
 # --- literals (the rules of sql.value_literal, for the Python type each binlog type decodes to) ------------------
 
-_NEEDS_ESCAPE = re.compile(rb"[\x00\n\r\x1a'\\]").search
-
-
-def _esc(raw: bytes) -> str:
-    # most values need no escaping: a C-level scan is far cheaper than translating every character
-    return escape_bytes(raw) if _NEEDS_ESCAPE(raw) else raw.decode("latin1")
+# the bytes sql.escape_bytes rewrites; a value without any (most values) is its latin1 text as is. Checked by
+# deleting them and comparing lengths: 0.3 us for 120 bytes, against 0.9 us for a regex search (measured here)
+_SPECIAL = b"\x00\n\r\x1a'\\"
+assert set(_SPECIAL) == set(_ESCAPE_TABLE)  # noqa: S101 (the two lists must not drift apart)
 
 
 def _float_literal(value: float) -> str:
@@ -395,6 +392,43 @@ def _decode_lines(spec: ColumnSpec, v: str) -> list[str]:
     return [f"raise ValueError('unknown MySQL column type {t}')"]
 
 
+_FIXED_WIDTH = {
+    TINY: 1,
+    SHORT: 2,
+    INT24: 3,
+    LONG: 4,
+    LONGLONG: 8,
+    FLOAT: 4,
+    DOUBLE: 8,
+    YEAR: 1,
+    DATE: 3,
+    TIMESTAMP: 4,
+    DATETIME: 8,
+    TIME: 3,
+}
+
+
+def _skip_lines(spec: ColumnSpec, column: Column) -> list[str] | None:
+    """Statements stepping over a non-NULL value whose decoding and adaptation cannot fail, or None.
+
+    Temporal types with fractions, DECIMAL, JSON and ENUM (index 0) can refuse a value, so they are always
+    decoded: a before image stops the stream exactly as before.
+    """
+    if column.kind is Kind.ENUM:
+        return None
+    t = spec.type
+    if t in _FIXED_WIDTH:
+        return [f"p += {_FIXED_WIDTH[t]}"]
+    if t in (SET, BIT):
+        return [f"p += {spec.size}"]
+    if t in (VARCHAR, STRING):
+        prefix = 2 if spec.max_length > 255 else 1
+        return [*_length_prefix(prefix), f"p += {prefix} + n"]
+    if t in (BLOB, GEOMETRY) and 1 <= spec.length_size <= 4:
+        return [*_length_prefix(spec.length_size), f"p += {spec.length_size} + n"]
+    return None
+
+
 def _adapt_lines(spec: ColumnSpec, column: Column, v: str) -> list[str]:
     """Statements turning a decoded value into the one written: the checks and fixes of the binlog's form."""
     if column.kind is Kind.ENUM:
@@ -420,7 +454,8 @@ def _literal_expr(spec: ColumnSpec, column: Column, v: str) -> str:
         return f"_float_literal({v})"
     if t in _BYTES_TYPES:
         introducer = f"_{column.charset}" if kind is Kind.TEXT else "_binary"
-        return f'{introducer!r} + "\'" + _esc({v}) + "\'"'
+        text = f"({v}.decode('latin1') if len({v}.translate(None, _SPECIAL)) == len({v}) else _escape_bytes({v}))"
+        return f'{introducer!r} + "\'" + {text} + "\'"'
     if t in _TEMPORAL_TYPES and kind is Kind.TEMPORAL:
         return f'"\'" + {v} + "\'"'  # the decoders' text has only digits, '-', ':', '.' and ' '
     return f"_value_literal({v}, _KIND_{kind.name}, {column.charset!r})"
@@ -448,7 +483,8 @@ _NAMESPACE: dict[str, Any] = {
     "_datetime_old": _datetime_old,
     "_time_old": _time_old,
     "_json_text": json_text,
-    "_esc": _esc,
+    "_SPECIAL": _SPECIAL,
+    "_escape_bytes": escape_bytes,
     "_float_literal": _float_literal,
     "_value_literal": value_literal,
     "_Enum0": _Enum0,
@@ -484,6 +520,11 @@ class RowsDecoder:
             "delete": namespace["rows_delete"],
             "update": namespace["rows_update"],
         }
+        # merging into a transaction's images mutates them as it goes: a failure leaves them unusable, and the
+        # caller must stop (it does: the diagnosis raises)
+        self.into: dict[str, Callable[[bytes, int, int, dict[Any, Any]], tuple[int, int]]] = (
+            {k: namespace[f"into_{k}"] for k in ("insert", "delete", "update")} if literal else {}
+        )
         self._steps: list[tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = [
             (namespace[f"d{i}"], namespace[f"a{i}"], namespace[f"l{i}"]) for i in range(self.ncols)
         ]
@@ -502,6 +543,13 @@ class RowsDecoder:
             wanted = set(self.key_idx) | set(self.write_idx)
         fast, slow = [], []
         for i, (spec, column) in enumerate(zip(self.specs, self.columns, strict=True)):
+            skip = _skip_lines(spec, column) if render == "key" and i not in wanted else None
+            if skip is not None:
+                # a before image needs its key only; a value that cannot fail to decode is stepped over
+                fast += skip
+                slow.append(f"if not nulls & {1 << i}:")
+                slow += ["    " + line for line in skip]
+                continue
             body = _decode_lines(spec, f"v{i}") + _adapt_lines(spec, column, f"v{i}")
             lit = [f"l{i} = {_literal_expr(spec, column, f'v{i}')}"] if render != "values" and i in wanted else []
             fast += body + lit
@@ -560,6 +608,25 @@ class RowsDecoder:
                     }[kind]
                 )
             lines += ["    if p != end: raise _Truncated()", "    return out", ""]
+        if self.literal:
+            # the same rows merged straight into a transaction's net images: (rows, bytes of row literals)
+            for kind in ("insert", "delete", "update"):
+                lines += [f"def into_{kind}(b, p, end, images):", "    rows = size = 0", "    while p < end:"]
+                if kind in ("delete", "update"):
+                    lines += self._image(ind, render="key")
+                    lines.append(f"{ind}old = {self._key()}")
+                if kind in ("insert", "update"):
+                    lines += self._image(ind, render="row")
+                    lines.append(f"{ind}new = {self._key()}")
+                    lines.append(f"{ind}row = {self._row()}")
+                if kind == "update":
+                    lines.append(f"{ind}if old != new: images[old] = None")
+                if kind == "delete":
+                    lines.append(f"{ind}images[old] = None")
+                else:
+                    lines += [f"{ind}images[new] = row", f"{ind}size += len(row)"]
+                lines.append(f"{ind}rows += 1")
+                lines += ["    if p != end: raise _Truncated()", "    return rows, size", ""]
         # one function per column and step, for naming the column when the fast path fails
         for i, (spec, column) in enumerate(zip(self.specs, self.columns, strict=True)):
             lines += [f"def d{i}(b, p):", *("    " + s for s in _decode_lines(spec, "v")), "    return v, p", ""]
