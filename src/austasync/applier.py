@@ -77,6 +77,44 @@ def _failing_column(plan: _TablePlan, row: Sequence[object]) -> str:
     return "?"
 
 
+class ChunkWriter:
+    """Another target connection writing copy chunks beside the applier's: each chunk is a fenced target
+    transaction of its own with its table's cursor, exactly as the applier writes them, without the stream's
+    checkpoint (the applier stands at the chunks' position meanwhile and owns it)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        state: TargetState,
+        tables: Mapping[TableId, Table],
+        foreign_keys: Sequence[ForeignKey],
+        target_db: Mapping[str, str],
+    ) -> None:
+        self.conn = conn
+        self._applier = Applier(conn, state, tables, foreign_keys, target_db, Position("", 0))
+
+    def write_chunk(
+        self,
+        table: Table,
+        cursor: CopyCursor,
+        literals: Sequence[str],
+        last_key: tuple[bytes, ...] | None,
+        is_last: bool,
+        rows: int | None = None,
+    ) -> CopyCursor:
+        applier = self._applier
+        try:
+            new = applier.write_chunk(table, cursor, literals, last_key, is_last, rows)
+            query(self.conn, "COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):  # the failure is what the daemon reports
+                query(self.conn, "ROLLBACK")
+            raise
+        finally:
+            applier._txn_open = False
+        return new
+
+
 class _Job(threading.Thread):
     """One batch written by a thread of its own (a daemon thread: a hung target must not hold up the exit)."""
 
@@ -124,6 +162,8 @@ class Applier:
         self.conn = conn
         self.state = state
         self.target_db = target_db
+        self.plans_tables = dict(tables)  # what a ChunkWriter beside this applier is built from
+        self.foreign_keys = list(foreign_keys)
         self.plans = {tid: self._plan(t, foreign_keys) for tid, t in tables.items()}
         self.position = position  # last boundary consumed (committed or pending in the open batch)
         self.committed = position
@@ -494,8 +534,11 @@ class Applier:
         literals: Sequence[str],
         last_key: tuple[bytes, ...] | None,
         is_last: bool,
+        rows: int | None = None,
     ) -> CopyCursor:
         """Replace the key range (cursor, last_key] (open-ended for the last chunk) by the rows read at P.
+
+        ``literals`` are one per row, or (``rows`` given) several rows' joined by commas.
 
         The applier stands at exactly P, so the range becomes equal to the source at the stream's position.
         """
@@ -518,7 +561,7 @@ class Applier:
             table=cursor.table,
             cursor=last_key if last_key is not None else cursor.cursor,
             done=is_last,
-            rows_copied=cursor.rows_copied + len(literals),
+            rows_copied=cursor.rows_copied + (len(literals) if rows is None else rows),
             rows_estimated=cursor.rows_estimated,
         )
         self.state.save_cursor(self.conn, new)

@@ -8,6 +8,7 @@ reader at the checkpoint, and only then copy, each chunk at the barrier.
 from __future__ import annotations
 
 import contextlib
+import queue
 import re
 import sys
 import threading
@@ -19,11 +20,11 @@ import pymysql
 
 from austasync import log as logmod
 from austasync import preflight, readiness, sdnotify
-from austasync.applier import Applier
+from austasync.applier import Applier, ChunkWriter
 from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config
 from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
-from austasync.copier import ChunkPrefetcher, SnapshotReader
+from austasync.copier import Chunk, ChunkPrefetcher, SnapshotReader
 from austasync.db import (
     CONNECTION_LOST,
     Connection,
@@ -165,6 +166,7 @@ class Daemon:
         self.on_tick: Callable[[], None] | None = None
         self._last_event_ts: float | None = None
         self._inflight_last_ts: float | None = None  # the newest event of the batch the writer thread commits
+        self._chunk_writers: list[ChunkWriter] = []  # the copy's extra target connections (in self._conns too)
 
     def request_stop(self) -> None:
         """Stop at the next clean point (SIGTERM)."""
@@ -453,6 +455,7 @@ class Daemon:
         self.telemetry.publish(force=True)
 
     def _close(self) -> None:
+        self._chunk_writers = []  # their connections are among these
         for conn in self._conns:
             with contextlib.suppress(Exception):  # closing on the way out; the server cleans up
                 conn.close()
@@ -507,6 +510,7 @@ class Daemon:
                 if self._copy_round(applier, reader, snapshot, tables):
                     snapshot.close()
                     snapshot = None
+                    self._drop_copy_writers()
                     self.telemetry.set_phase("streaming")
                     applier.commit(phase="streaming")
                     self.log.info("copy complete; streaming")
@@ -880,36 +884,91 @@ class Daemon:
         work: list[tuple[Table, tuple[bytes, ...] | None]],
         position: Position,
     ) -> None:
-        """Write chunks read ahead from the snapshot until every table is done or the snapshot budget is spent."""
+        """Write chunks read ahead from the snapshot until every table is done or the snapshot budget is spent.
+
+        The target's inserts bound the copy, and one connection keeps one of the target's cores busy: chunks go
+        through the applier's connection and :data:`_COPY_WRITERS` - 1 more, in parallel. A table always goes
+        through the same one, so its chunks commit in key order and its cursor never passes an uncommitted chunk.
+        The applier stands at the snapshot's position until every chunk handed out is written.
+        """
         budget = self.clock() + self.config.copy.snapshot_seconds
         copied, started = 0, self.clock()
+        results: queue.Queue[tuple[Table, CopyCursor, int] | BaseException] = queue.Queue()
+        phase = self.telemetry.phase
+
+        def write_with_applier(table: Table, cursor: CopyCursor, chunk: Chunk) -> CopyCursor:
+            new = applier.write_chunk(table, cursor, chunk.literals, chunk.last_key, chunk.is_last, chunk.count)
+            applier.commit(phase=phase)
+            return new
+
+        writers: list[Callable[[Table, CopyCursor, Chunk], CopyCursor]] = [write_with_applier]
+        writers += [_writing_with(extra) for extra in self._copy_writers(applier, [t for t, _ in work])]
+        lanes = [_CopyLane(write, results) for write in writers]
+        lane_of = {table.id: lanes[i % len(lanes)] for i, (table, _) in enumerate(work)}
+        handed: set[TableId] = set()
         prefetcher = ChunkPrefetcher(snapshot, work, self.config.copy.chunk_rows)
+        failure: BaseException | None = None
         try:
             for table, start, chunk in prefetcher:
-                cursor = self.telemetry.cursors[table.id]
-                if start != cursor.cursor:
-                    raise UncarryableValueError(
-                        f"internal error: chunk of {table} read after key {start!r} but the saved cursor is"
-                        f" {cursor.cursor!r}; refusing to write it"
-                    )
-                new = applier.write_chunk(table, cursor, chunk.literals, chunk.last_key, chunk.is_last)
-                applier.commit(phase=self.telemetry.phase)
-                self.telemetry.set_cursor(new)
-                self.metrics.copied_rows.inc(chunk.count)
+                failure = failure or self._copy_results(results, position)
+                if failure is not None:
+                    break
+                cursor = None if table.id in handed else self.telemetry.cursors[table.id]
+                handed.add(table.id)
+                lane_of[table.id].put(table, start, chunk, cursor)
                 copied += chunk.count
-                self.log.info(
-                    "chunk copied",
-                    table=str(table),
-                    rows=chunk.count,
-                    total=new.rows_copied,
-                    done=new.done,
-                    at=str(position),
-                )
                 self._rate_limit(copied, started)
                 if self.clock() >= budget or self.stopping:
                     break
         finally:
+            for lane in lanes:
+                lane.finish()
             prefetcher.close()
+        failure = failure or self._copy_results(results, position)
+        if failure is not None:
+            raise failure
+
+    def _copy_results(
+        self, results: queue.Queue[tuple[Table, CopyCursor, int] | BaseException], position: Position
+    ) -> BaseException | None:
+        """Take the written chunks' new cursors (the lanes' threads commit them); the first failure, if any."""
+        failure = None
+        while True:
+            try:
+                item = results.get_nowait()
+            except queue.Empty:
+                return failure
+            if isinstance(item, BaseException):
+                failure = failure or item
+                continue
+            table, new, count = item
+            self.telemetry.set_cursor(new)
+            self.metrics.copied_rows.inc(count)
+            self.log.info(
+                "chunk copied", table=str(table), rows=count, total=new.rows_copied, done=new.done, at=str(position)
+            )
+
+    def _drop_copy_writers(self) -> None:
+        for writer in self._chunk_writers:
+            with contextlib.suppress(Exception):  # closing an idle session; the server cleans up anyway
+                writer.conn.close()
+            if writer.conn in self._conns:
+                self._conns.remove(writer.conn)
+        self._chunk_writers = []
+
+    def _copy_writers(self, applier: Applier, tables: list[Table]) -> list[ChunkWriter]:
+        """The extra target connections of the copy, opened on first use and kept until the copy is complete;
+        registered in the fence, so that a takeover kills them as it kills the applier's."""
+        wanted = min(_COPY_WRITERS, len(tables)) - 1
+        while len(self._chunk_writers) < wanted:
+            conn = connect(self.config.target, "target", autocommit=False)
+            self._conns.append(conn)
+            setup_target_session(conn)
+            self.state.add_connections(conn, [connection_id(conn)])
+            self._chunk_writers.append(
+                ChunkWriter(conn, self.state, applier.plans_tables, applier.foreign_keys, applier.target_db)
+            )
+        return self._chunk_writers[:wanted]
 
     def _rate_limit(self, copied: int, started: float) -> None:
         ceiling = self.config.copy.max_rows_per_second
@@ -1001,6 +1060,67 @@ class Daemon:
             self.metrics.set_throttle(reason)
         throttle.active = bool(reason)
         throttle.reason = reason
+
+
+def _writing_with(writer: ChunkWriter) -> Callable[[Table, CopyCursor, Chunk], CopyCursor]:
+    def write(table: Table, cursor: CopyCursor, chunk: Chunk) -> CopyCursor:
+        return writer.write_chunk(table, cursor, chunk.literals, chunk.last_key, chunk.is_last, chunk.count)
+
+    return write
+
+
+_COPY_WRITERS = 2  # target connections writing chunks at once; a 2-core target was measured saturated with 2
+
+
+class _CopyLane:
+    """A thread writing one table group's chunks in the order they are handed to it."""
+
+    def __init__(
+        self,
+        write: Callable[[Table, CopyCursor, Chunk], CopyCursor],
+        results: queue.Queue[tuple[Table, CopyCursor, int] | BaseException],
+    ) -> None:
+        self._write = write
+        self._results = results
+        self._chunks: queue.Queue[tuple[Table, tuple[bytes, ...] | None, Chunk, CopyCursor | None] | None] = (
+            queue.Queue(maxsize=2)
+        )
+        self._thread = threading.Thread(target=self._run, name="copy-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, table: Table, start: tuple[bytes, ...] | None, chunk: Chunk, cursor: CopyCursor | None) -> None:
+        """``cursor``: the table's saved cursor, with its first chunk of the round."""
+        self._chunks.put((table, start, chunk, cursor))
+
+    def finish(self) -> None:
+        """Write what was handed out, then end the thread."""
+        self._chunks.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        cursors: dict[TableId, CopyCursor] = {}
+        failed = False
+        while True:
+            item = self._chunks.get()
+            if item is None:
+                return
+            if failed:
+                continue  # after a failure nothing more is written; the round ends
+            table, start, chunk, cursor = item
+            if cursor is not None:
+                cursors[table.id] = cursor
+            saved = cursors[table.id]
+            try:
+                if start != saved.cursor:
+                    raise UncarryableValueError(
+                        f"internal error: chunk of {table} read after key {start!r} but the saved cursor is"
+                        f" {saved.cursor!r}; refusing to write it"
+                    )
+                cursors[table.id] = new = self._write(table, saved, chunk)
+                self._results.put((table, new, chunk.count))
+            except BaseException as exc:  # noqa: BLE001 (raised in the daemon's thread)
+                failed = True
+                self._results.put(exc)
 
 
 def _next(reader: BinlogReader, timeout: float) -> Event | None:

@@ -131,6 +131,17 @@ class TargetState:
         self.generation = gen
         return gen
 
+    def add_connections(self, conn: Connection, connections: list[int]) -> None:
+        """Record more of our sessions (extra copy writers), so that a takeover kills them too; fenced."""
+        self.check_fence(conn)
+        query(
+            conn,
+            f"UPDATE {self.schema}.fence SET connections = CONCAT_WS(',', NULLIF(connections, ''), %s)"
+            " WHERE migration = %s AND generation = %s",
+            (",".join(str(c) for c in connections), self.migration, self.generation),
+        )
+        query(conn, "COMMIT")
+
     def check_fence(self, conn: Connection) -> None:
         """First statement of every write transaction: a shared lock on the fence row, then the check."""
         rows = query(

@@ -1,0 +1,121 @@
+"""The throughput paths keep the guarantees: a binlog event longer than one protocol packet, a failure found by
+the writer thread while the next batch is assembled, and copy chunks too wide to be joined on the source.
+
+Each runs the daemon as a process against real servers; the fast paths are the ones it takes by default.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Env
+from servers import MariaDB, Redis
+
+EXIT_DRIFT = 11
+
+
+def _same(env: Env, table: str, columns: str) -> tuple[object, ...]:
+    """Row count and order-independent checksums of ``table`` on both sides, asserted equal."""
+    sql = f"SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', {columns}))), SUM(id) FROM {env.db}.{table}"
+    src, dst = env.source.execute(sql), env.target.execute(sql)
+    assert src == dst, (src, dst)
+    return tuple(src[0])
+
+
+@pytest.fixture
+def big_event_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+    """A source that logs a whole multi-row statement as one rows event of tens of MB."""
+    server = MariaDB(
+        tmp_path_factory.mktemp("big_events"),
+        server_id=411,
+        extra=("--binlog-row-event-max-size=67108864", "--max-allowed-packet=128M"),
+    )
+    server.start()
+    server.execute(
+        "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-secret-pw'",
+        "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, SLAVE MONITOR, BINLOG MONITOR"
+        " ON *.* TO 'repl'@'%'",
+    )
+    yield server
+    server.stop()
+
+
+def test_a_rows_event_longer_than_a_protocol_packet_arrives_whole(
+    big_event_source: MariaDB, target: MariaDB, redis_server: Redis, tmp_path: Path
+) -> None:
+    """A payload of 16 MB or more continues in the next packet; the reader joins them before decoding."""
+    env = Env(big_event_source, target, redis_server, tmp_path, f"bigevent_{int(time.time() * 1000) % 10**9}")
+    env.source.execute(
+        f"CREATE DATABASE {env.db}", f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(1000) NOT NULL)"
+    )
+    proc = env.start_daemon()
+    try:
+        env.wait_caught_up(proc=proc)
+        before = env.source_position()
+        env.source.execute(
+            f"INSERT INTO {env.db}.t SELECT seq, CONCAT(seq, ':', REPEAT(SHA2(seq, 256), 15))"
+            f" FROM {env.db}.seq_1_to_30000"
+        )
+        after = env.source_position()
+        assert after[0] == before[0] and after[1] - before[1] > 20 * 1024 * 1024, "one event above 16 MB"
+        env.wait_caught_up(proc=proc, timeout=120)
+        assert _same(env, "t", "id, v")[0] == 30000
+    finally:
+        env.stop_all()
+
+
+def test_drift_met_by_a_batch_of_the_writer_thread_stops_at_the_checkpoint_before_it(env: Env) -> None:
+    """Full batches are committed by the applier's writer thread while the next is assembled: a unique-key
+    collision it meets still stops the daemon (exit 11) at the checkpoint before that batch, with nothing of it
+    written, and every transaction up to that checkpoint on the target."""
+    env.extra = {"apply": {"batch_max_rows": 20}}
+    env.source.execute(f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, u INT NOT NULL UNIQUE, v VARCHAR(20))")
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    env.target.execute(f"INSERT INTO {env.db}.t VALUES (100000, 777, 'not from the source')")
+    conn = env.source.connect()
+    ends = {}
+    try:
+        with conn.cursor() as cur:
+            for i in range(1, 301):
+                # transaction 240 collides on u with the row written behind austasync's back
+                cur.execute(f"INSERT INTO {env.db}.t VALUES ({i}, {777 if i == 240 else i}, 'row {i}')")
+                cur.execute("SHOW MASTER STATUS")
+                row = cur.fetchone()
+                assert row is not None
+                ends[i] = (str(row[0]), int(row[1]))
+    finally:
+        conn.close()
+    assert proc.wait(60) == EXIT_DRIFT, env.daemon_log()[-3000:]
+    log = env.daemon_log()
+    assert "unique-key collision" in log and f"{env.db}.t" in log
+    checkpoint = env.checkpoint()
+    assert checkpoint is not None
+    position = (checkpoint[0], checkpoint[1])
+    assert position < ends[240], "the colliding transaction is not committed"
+    applied = {i for i, end in ends.items() if end <= position}
+    assert position in set(ends.values()) or not applied, "the checkpoint is a transaction boundary"
+    on_target = {int(r[0]) for r in env.target.execute(f"SELECT id FROM {env.db}.t WHERE id < 100000")}
+    assert on_target == applied, sorted(on_target ^ applied)[:10]
+
+
+def test_rows_too_wide_to_join_on_the_source_are_copied_exactly(env: Env) -> None:
+    """A chunk the source cannot join within its limit is read row by row, and the table's next chunks are
+    made small enough to be joined again."""
+    env.extra = {"copy": {"chunk_rows": 200}}
+    env.source.execute(
+        f"CREATE TABLE {env.db}.wide (id INT PRIMARY KEY, body MEDIUMBLOB NOT NULL, note VARCHAR(10))",
+        f"INSERT INTO {env.db}.wide SELECT seq, RANDOM_BYTES(1000), IF(seq % 7 = 0, NULL, 'n')"
+        f" FROM {env.db}.seq_1_to_300",
+        f"UPDATE {env.db}.wide SET body = REPEAT(body, 100)",  # 100 kB each: 20 MB for a chunk of 200
+    )
+    proc = env.start_daemon()
+    try:
+        env.wait_caught_up(proc=proc, timeout=120)
+        assert _same(env, "wide", "id, HEX(body), IFNULL(note, 'NULL')")[0] == 300
+    finally:
+        env.stop_all()
