@@ -113,7 +113,12 @@ def main() -> None:
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: apt-get install sysbench mydumper")
     base = Path(tempfile.mkdtemp(prefix="austasync-copybench-"))
-    source, target, redis = MariaDB(base / "src", 21), MariaDB(base / "dst", 22), Redis(base / "redis")
+    # temporary files of each server under its own directory: something on shared machines empties /tmp, and the
+    # source's GROUP_CONCAT of a chunk uses an internal temporary table there
+    (base / "tmp").mkdir()
+    tmpdir = (f"--tmpdir={base / 'tmp'}",)
+    source, target = MariaDB(base / "src", 21, extra=tmpdir), MariaDB(base / "dst", 22, extra=tmpdir)
+    redis = Redis(base / "redis")
     for server in (source, target, redis):
         server.start()
     try:
