@@ -178,7 +178,14 @@ class _TableCodec:
         self.into = self.decoder.into
         self.tid = table.id
         self.full = self.decoder.full_bitmap
+        self.nfull = len(self.full)
         self.ncols = self.decoder.ncols
+        # per rows event type, what merge() needs, looked up once: the merging function, the metrics key, update?
+        self.by_type = {
+            etype: (self.into[kind], (table.id, kind), kind == "update")
+            for etype, kind in _ROWS_EVENTS.items()
+            if literal
+        }
 
     def literal_rows(self, b: bytes, body: int, body_end: int, etype: int, ts: int, seq: int, lib: _Library) -> Any:
         """The fast path: a rows event of this table with FULL images, rendered as literals (a named tuple built
@@ -222,25 +229,25 @@ class _TableCodec:
         full = self.full
         if b[p] != self.ncols or not b.startswith(full, p + 1):
             return False
-        p += 1 + len(full)
-        kind = _ROWS_EVENTS[etype]
-        if kind == "update":
+        p += self.nfull + 1
+        into, counter, update = self.by_type[etype]
+        if update:
             if not b.startswith(full, p):
                 return False
-            p += len(full)
+            p += self.nfull
         images = chunk.images.get(self.tid)
         if images is None:
             images = chunk.images[self.tid] = {}
         try:
-            rows, size = self.into[kind](b, p, body_end, images)
+            rows, size = into(b, p, body_end, images)
         except Exception:  # the merged images are unusable now: stop, naming the column
             self.decode(b, body, body_end, etype, lib, f"binlog {log_file}:{log_pos} ({self.db}.{self.name})")
             raise
         chunk.rows += rows
         chunk.bytes += size
         chunk.events += 1
-        counter = (self.tid, kind)
-        chunk.counts[counter] = chunk.counts.get(counter, 0) + rows
+        counts = chunk.counts
+        counts[counter] = counts.get(counter, 0) + rows
         if chunk.oldest is None:
             chunk.oldest = ts
         return True
