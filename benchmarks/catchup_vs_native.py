@@ -129,8 +129,10 @@ def main() -> None:
             f"START SLAVE UNTIL MASTER_LOG_FILE='{p1[0]}', MASTER_LOG_POS={p1[1]}",
         )
         wait(
-            lambda: (slave_status(replica).get("Relay_Master_Log_File"), slave_status(replica).get("Exec_Master_Log_Pos"))
-            == (p1[0], p1[1]),
+            lambda: (
+                (slave_status(replica).get("Relay_Master_Log_File"), slave_status(replica).get("Exec_Master_Log_Pos"))
+                == (p1[0], p1[1])
+            ),
             300,
             "the native replica to reach P1",
             lambda: slave_status(replica),
@@ -142,15 +144,19 @@ def main() -> None:
 
         replica.execute("START SLAVE IO_THREAD")
         wait(
-            lambda: (slave_status(replica).get("Master_Log_File"), slave_status(replica).get("Read_Master_Log_Pos")) == p2,
+            lambda: (
+                (slave_status(replica).get("Master_Log_File"), slave_status(replica).get("Read_Master_Log_Pos")) == p2
+            ),
             300,
             "the replica's IO thread to fetch the backlog",
         )
         started = time.monotonic()
         replica.execute("START SLAVE SQL_THREAD")
         wait(
-            lambda: (slave_status(replica).get("Relay_Master_Log_File"), slave_status(replica).get("Exec_Master_Log_Pos"))
-            == p2,
+            lambda: (
+                (slave_status(replica).get("Relay_Master_Log_File"), slave_status(replica).get("Exec_Master_Log_Pos"))
+                == p2
+            ),
             600,
             "the native replica to apply the backlog",
         )

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,24 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its finished children included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds the source and target servers spend during one tool's run."""
+
+    def __init__(self, source: MariaDB, target: MariaDB) -> None:
+        assert source.proc is not None and target.proc is not None
+        self.pids = {"source": source.proc.pid, "target": target.proc.pid}
+        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def used(self) -> dict[str, float]:
+        return {f"{name}_cpu_s": round(cpu_seconds(pid) - self.start[name], 1) for name, pid in self.pids.items()}
 
 
 def prepare(source: MariaDB, tables: int, rows: int) -> None:
@@ -53,8 +72,10 @@ def prepare(source: MariaDB, tables: int, rows: int) -> None:
     )
 
 
-def time_mydumper(source: MariaDB, target: MariaDB, base: Path, threads: int) -> float:
-    dump = base / "dump"
+def time_mydumper(source: MariaDB, target: MariaDB, base: Path, threads: int, binlog: bool) -> float:
+    """mydumper to files, then myloader into a fresh database; ``binlog``: myloader's --enable-binlog (by default
+    it turns the target's binlog off for its sessions, which austasync does only when told to)."""
+    dump = base / f"dump-{int(binlog)}"
     common = ["--host=127.0.0.1", "--user=root", f"--threads={threads}"]
     started = time.monotonic()
     subprocess.run(
@@ -62,15 +83,20 @@ def time_mydumper(source: MariaDB, target: MariaDB, base: Path, threads: int) ->
         check=True,
         capture_output=True,
     )
-    subprocess.run(
-        ["myloader", *common, f"--port={target.port}", f"--directory={dump}", "--database=sbtest_myloader"],
-        check=True,
-        capture_output=True,
-    )
+    load = [
+        "myloader",
+        *common,
+        f"--port={target.port}",
+        f"--directory={dump}",
+        f"--database=sbtest_myloader{int(binlog)}",
+    ]
+    subprocess.run([*load, "--enable-binlog"] if binlog else load, check=True, capture_output=True)
     return time.monotonic() - started
 
 
-def time_austasync(source: MariaDB, target: MariaDB, redis: Redis, base: Path, args: argparse.Namespace) -> dict[str, float]:
+def time_austasync(
+    source: MariaDB, target: MariaDB, redis: Redis, base: Path, args: argparse.Namespace
+) -> dict[str, float]:
     config = base / "copy.toml"
     config.write_text(
         f'[source]\nport = {source.port}\nuser = "root"\n[target]\nport = {target.port}\nuser = "root"\n'
@@ -80,9 +106,10 @@ def time_austasync(source: MariaDB, target: MariaDB, redis: Redis, base: Path, a
     )
     log = (base / "daemon.log").open("wb")
     started = time.monotonic()
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "austasync", "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
+    command = [sys.executable, "-m", "austasync", "run", "--config", str(config)]
+    if os.environ.get("AUSTASYNC_BENCH_PYSPY"):  # a flame graph of the daemon's copy, for profiling
+        command = ["py-spy", "record", "--threads", "--idle", "-o", str(base / "copy.svg"), "-f", "raw", "--", *command]
+    daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     peak = 0.0
     try:
         while True:
@@ -95,10 +122,14 @@ def time_austasync(source: MariaDB, target: MariaDB, redis: Redis, base: Path, a
             except Exception:  # noqa: BLE001, S112 (state schema not created yet)
                 continue
             if rows and rows[0][0] == "streaming":
+                daemon_cpu = cpu_seconds(daemon.pid)
                 break
-        return {"seconds": time.monotonic() - started, "peak_rss_mb": peak}
+        return {"seconds": time.monotonic() - started, "peak_rss_mb": peak, "daemon_cpu_s": daemon_cpu}
     finally:
-        daemon.terminate()
+        if os.environ.get("AUSTASYNC_BENCH_PYSPY"):
+            daemon.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT, and passes it on
+        else:
+            daemon.terminate()
         daemon.wait(30)
 
 
@@ -123,8 +154,13 @@ def main() -> None:
         server.start()
     try:
         prepare(source, args.tables, args.rows)
-        mydumper = time_mydumper(source, target, base, args.threads)
+        meter = CpuMeter(source, target)
+        mydumper = time_mydumper(source, target, base, args.threads, binlog=False)
+        mydumper_cpu = meter.used()
+        mydumper_logged = time_mydumper(source, target, base, args.threads, binlog=True)
+        meter = CpuMeter(source, target)
         austasync = time_austasync(source, target, redis, base, args)
+        austasync_cpu = meter.used()
         print(
             json.dumps(
                 {
@@ -133,7 +169,12 @@ def main() -> None:
                     "mydumper_myloader_seconds": round(mydumper, 1),
                     "austasync_seconds": round(austasync["seconds"], 1),
                     "ratio": round(mydumper / austasync["seconds"], 2),
+                    "mydumper_myloader_enable_binlog_seconds": round(mydumper_logged, 1),
+                    "ratio_both_logging": round(mydumper_logged / austasync["seconds"], 2),
                     "austasync_peak_rss_mb": round(austasync["peak_rss_mb"]),
+                    "austasync_daemon_cpu_s": round(austasync["daemon_cpu_s"], 1),
+                    "servers_cpu_during_mydumper": mydumper_cpu,
+                    "servers_cpu_during_austasync": austasync_cpu,
                     "machine": f"{os.cpu_count()} cores",
                     "date": time.strftime("%Y-%m-%d"),
                 }
@@ -142,7 +183,10 @@ def main() -> None:
     finally:
         for server in (redis, target, source):
             server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("AUSTASYNC_BENCH_KEEP"):
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

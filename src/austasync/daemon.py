@@ -901,7 +901,9 @@ class Daemon:
             applier.commit(phase=phase)
             return new
 
-        writers: list[Callable[[Table, CopyCursor, Chunk], CopyCursor]] = [write_with_applier]
+        # unlogged chunks never go through the applier's connection, whose stream writes are logged
+        logged = self.config.copy.target_binlog
+        writers: list[Callable[[Table, CopyCursor, Chunk], CopyCursor]] = [write_with_applier] if logged else []
         writers += [_writing_with(extra) for extra in self._copy_writers(applier, [t for t, _ in work])]
         lanes = [_CopyLane(write, results) for write in writers]
         lane_of = {table.id: lanes[i % len(lanes)] for i, (table, _) in enumerate(work)}
@@ -959,11 +961,19 @@ class Daemon:
     def _copy_writers(self, applier: Applier, tables: list[Table]) -> list[ChunkWriter]:
         """The extra target connections of the copy, opened on first use and kept until the copy is complete;
         registered in the fence, so that a takeover kills them as it kills the applier's."""
-        wanted = min(_COPY_WRITERS, len(tables)) - 1
+        logged = self.config.copy.target_binlog
+        wanted = min(_COPY_WRITERS, len(tables)) - (1 if logged else 0)
+        if not logged and not self._chunk_writers:
+            self.log.warning(
+                "copy.target_binlog = false: copied rows are not written to the target's binlog; replicas and"
+                " binlog backups of the target will not have them"
+            )
         while len(self._chunk_writers) < wanted:
             conn = connect(self.config.target, "target", autocommit=False)
             self._conns.append(conn)
             setup_target_session(conn)
+            if not logged:
+                _skip_binlog(conn)
             self.state.add_connections(conn, [connection_id(conn)])
             self._chunk_writers.append(
                 ChunkWriter(conn, self.state, applier.plans_tables, applier.foreign_keys, applier.target_db)
@@ -1060,6 +1070,18 @@ class Daemon:
             self.metrics.set_throttle(reason)
         throttle.active = bool(reason)
         throttle.reason = reason
+
+
+def _skip_binlog(conn: Connection) -> None:
+    """``copy.target_binlog = false``: this session's chunks stay out of the target's binlog."""
+    try:
+        query(conn, "SET SESSION sql_log_bin = 0")
+    except pymysql.err.MySQLError as exc:
+        raise SetupError(
+            f"copy.target_binlog = false needs the target user to set sql_log_bin ({exc.args[-1]}). Grant BINLOG"
+            " ADMIN (MariaDB 10.5+; SUPER before) or SYSTEM_VARIABLES_ADMIN (MySQL 8), or set copy.target_binlog"
+            " = true"
+        ) from None
 
 
 def _writing_with(writer: ChunkWriter) -> Callable[[Table, CopyCursor, Chunk], CopyCursor]:

@@ -649,6 +649,31 @@ def _has_checkpoint(conn: Connection, config: Config) -> bool:
     return bool(rows)
 
 
+def check_copy_binlog(conn: Connection, config: Config) -> Check:
+    """``copy.target_binlog = false`` needs the right to turn the binlog off for a session; tried, then undone."""
+    if config.copy.target_binlog:
+        return Check("target.copy_binlog", "pass", "copied rows are written to the target's binlog (the default)")
+    try:
+        query(conn, "SET SESSION sql_log_bin = 0")
+        query(conn, "SET SESSION sql_log_bin = 1")
+    except pymysql.err.MySQLError as exc:
+        return Check(
+            "target.copy_binlog",
+            "fail",
+            "copy.target_binlog = false, but the target user cannot set sql_log_bin",
+            (str(exc.args[-1]),),
+            "grant BINLOG ADMIN (MariaDB 10.5+; SUPER before) or SYSTEM_VARIABLES_ADMIN (MySQL 8), or set"
+            " copy.target_binlog = true",
+        )
+    return Check(
+        "target.copy_binlog",
+        "warn",
+        "copy.target_binlog = false: copied rows skip the target's binlog",
+        (),
+        "replicas and binlog backups of the target will lack the copied rows; keep it true if the target has any",
+    )
+
+
 def check_target_triggers(conn: Connection, config: Config, tables: dict[TableId, Table]) -> Check:
     triggers = _target_triggers(conn, config, tables)
     if triggers:
@@ -748,6 +773,7 @@ def run_preflight(config: Config, *, clock: Callable[[], float] = time.time) -> 
             for check in check_target_server(target):
                 report.add(check)
             report.add(check_grants(target, "target", lambda f, _v: target_needs(config, f)))
+            report.add(check_copy_binlog(target, config))
             if tables is not None and source is not None:
                 report.add(check_target_tables(target, config, tables, source))
                 report.add(check_target_triggers(target, config, tables))
@@ -771,6 +797,7 @@ def refusals(config: Config, source: Connection, target: Connection) -> list[str
         check_partial_json(source),
         check_server_id(source, config),
         *check_target_server(target),
+        check_copy_binlog(target, config),
     ]
     return [f"{c.title}: {c.fix}" for c in checks if c.status == "fail"]
 
