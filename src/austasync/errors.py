@@ -9,6 +9,7 @@ class                  exit  meaning
 ConfigError            2     the configuration or the command line is wrong; nothing was started
 UnavailableError       3     a server could not be reached or answered an error; retrying may help
 SetupError             4     a server or schema is set up in a way austasync cannot replicate
+TriggerError           4     triggers cannot be moved at cutover/rollback as they are (a SetupError)
 DdlStop                10    the stream reached DDL on a replicated table under ``on_ddl = "stop"``
 DriftError             11    the target holds data the source does not explain; never "fixed" silently
 UncarryableValueError  12    an event or value cannot be carried exactly; stopped at a clean checkpoint
@@ -42,6 +43,12 @@ class SetupError(AustasyncError):
     """Servers or schemas are configured in a way that cannot be replicated exactly (binlog format, keys...)."""
 
     kind = "setup"
+
+
+class TriggerError(SetupError):
+    """Triggers could not be moved with the direction of the stream; the message names trigger, table and fix."""
+
+    kind = "triggers"
 
 
 class StopError(AustasyncError):
