@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ import pytest
 import redis
 
 from conftest import Env, dump
+from test_triggers import create_definer, create_trigger_tables, create_triggers, show_triggers
 
+EXIT_SETUP = 4
 EXIT_FENCED = 13
 
 
@@ -196,3 +199,156 @@ def test_a_full_rollback_round_trip_ends_with_both_sides_equal_and_the_legacy_ho
     assert env.target.execute("SELECT @@GLOBAL.read_only") == [(1,)]  # the new side refuses them
     reverse.wait(30)
     env.target.execute(f"DROP USER IF EXISTS 'app_{env.name[:20]}'@'%'")
+
+
+# --- triggers move with the direction -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def triggered(cut: Env) -> Iterator[Env]:
+    """``cut`` plus docs/docs_audit with three triggers on the source (test_triggers.create_triggers): two BEFORE
+    INSERT in a set order that set columns, one AFTER UPDATE that writes to the replicated audit table under
+    another DEFINER; non-default sql_mode, latin1 client. Their effects so far are on the source."""
+    env = cut
+    definer = f"trg_{env.name[:20]}"
+    create_trigger_tables(env.source, env.db)
+    for server in (env.source, env.target):
+        create_definer(server, definer, env.db)
+    create_triggers(env.source, env.db, definer)
+    env.source.execute(
+        f"INSERT INTO {env.db}.docs (title) VALUES ('first'), ('second')",
+        f"UPDATE {env.db}.docs SET title = 'first draft' WHERE id = 1",
+    )
+    yield env
+    for server in (env.source, env.target):
+        server.execute(f"DROP USER IF EXISTS '{definer}'@'%'")
+
+
+def _cut_over(env: Env) -> tuple[subprocess.CompletedProcess[str], subprocess.Popen[bytes]]:
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    time.sleep(1.5)
+    verified(env)
+    assert show_triggers(env.target, env.db) == []  # none on the replica while it streams
+    return env.run_cli("cutover", "--app-user", f"app_{env.name[:20]}", "--json", timeout=120), proc
+
+
+def _wait_reverse_applied(env: Env, reverse: subprocess.Popen[bytes]) -> None:
+    """Until the reverse stream's checkpoint on the legacy host is the new side's binlog end."""
+    head = tuple(env.target.execute("SHOW MASTER STATUS")[0][:2])
+    query = f"SELECT file, pos FROM _austasync.state WHERE migration = '{env.name}-reverse'"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert reverse.poll() is None, env.daemon_log()[-3000:]
+        try:
+            rows = env.source.execute(query)
+        except pymysql.err.ProgrammingError:
+            rows = []  # the reverse daemon has not created its state table yet
+        if rows and (rows[0][0], int(rows[0][1])) == head:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the reverse stream did not reach {head}:\n{env.daemon_log()[-3000:]}")
+
+
+def _write_on_the_new_side(env: Env) -> None:
+    env.target.execute(
+        f"INSERT INTO {env.db}.docs (title) VALUES ('after cutover')",
+        f"UPDATE {env.db}.docs SET title = 'second draft' WHERE id = 2",
+        f"UPDATE {env.db}.docs SET title = 'final' WHERE id = 1",
+    )
+
+
+MOVED = ["docs_audited on {db}.docs", "docs_upper on {db}.docs", "docs_stamp on {db}.docs"]
+
+
+def test_cutover_moves_the_triggers_to_the_new_side_and_the_reverse_stream_applies_each_write_once(
+    triggered: Env,
+) -> None:
+    env = triggered
+    originals = show_triggers(env.source, env.db)
+    result, proc = _cut_over(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "moving 3 triggers with the direction" in result.stderr  # announced, like read_only
+    assert json.loads(result.stdout)["triggers_moved"] == [m.format(db=env.db) for m in MOVED]
+    assert show_triggers(env.target, env.db) == originals  # SHOW CREATE TRIGGER, byte for byte
+    assert show_triggers(env.source, env.db) == []  # the legacy host is the replica now
+    saved = env.source.execute(f"SELECT name, side, saved_by, dropped FROM _austasync.triggers WHERE db = '{env.db}'")
+    assert sorted(saved) == [(n, "legacy", "cutover", 1) for n in ("docs_audited", "docs_stamp", "docs_upper")]
+    proc.wait(30)
+    reverse = env.start_daemon("--reverse")
+    _write_on_the_new_side(env)
+    _wait_reverse_applied(env, reverse)
+    # the new side's triggers fired there (in order, under their sql_mode and charset); the legacy host got rows
+    assert env.target.execute(f"SELECT stamp FROM {env.db}.docs WHERE id = 3") == [("café:AFTER CUTOVER",)]
+    for table in ("docs", "docs_audit"):
+        assert dump(env.source, env.db, table, "id") == dump(env.target, env.db, table, "id")
+    # one audit row per update: the one made on the source before cutover, the two on the new side; not doubled
+    assert env.source.execute(f"SELECT COUNT(*) FROM {env.db}.docs_audit") == [(3,)]
+    reverse.send_signal(signal.SIGTERM)
+    assert reverse.wait(15) == 0
+
+
+def test_rollback_gives_the_legacy_host_its_triggers_back_and_leaves_the_new_side_none(triggered: Env) -> None:
+    env = triggered
+    originals = show_triggers(env.source, env.db)
+    result, proc = _cut_over(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    proc.wait(30)
+    reverse = env.start_daemon("--reverse")
+    _write_on_the_new_side(env)
+    _wait_reverse_applied(env, reverse)
+    redis.Redis.from_url(env.redis.url).set(
+        f"t:{env.name}-reverse:verify",
+        json.dumps({"consistent": True, "finished_at": time.time(), "drift_rows": 0}),
+    )
+    result = env.run_cli("rollback", "--json", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "moving 3 triggers with the direction" in result.stderr
+    assert json.loads(result.stdout)["triggers_moved"] == [m.format(db=env.db) for m in MOVED]
+    assert show_triggers(env.source, env.db) == originals  # identical to the legacy host's own definitions
+    assert show_triggers(env.target, env.db) == []  # a replica again, should forward streaming resume
+    legacy = env.source.execute(
+        f"SELECT side, dropped, restored_at IS NOT NULL FROM _austasync.triggers WHERE db = '{env.db}'"
+    )
+    assert legacy == [("legacy", 0, 1)] * 3
+    new = env.target.execute(f"SELECT side, saved_by, dropped FROM _austasync.triggers WHERE db = '{env.db}'")
+    assert new == [("new", "rollback", 1)] * 3
+    env.source.execute(f"INSERT INTO {env.db}.docs (title) VALUES ('back home')")  # the legacy host's own triggers
+    assert env.source.execute(f"SELECT stamp FROM {env.db}.docs WHERE title = 'BACK HOME'") == [("café:BACK HOME",)]
+    reverse.wait(30)
+
+
+def test_a_cutover_that_fails_before_promotion_leaves_the_triggers_where_they_were(triggered: Env) -> None:
+    env = triggered
+    originals = show_triggers(env.source, env.db)
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    time.sleep(1.5)
+    verified(env)
+    proc.send_signal(signal.SIGSTOP)  # it will not drain: the cutover fails after read_only, before promotion
+    try:
+        env.source.execute(f"INSERT INTO {env.db}.docs (title) VALUES ('not yet applied')")
+        result = env.run_cli("cutover", "--timeout-seconds", "2", timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert "did not apply up to the final source position" in result.stderr
+        assert "moving" not in result.stderr
+        assert show_triggers(env.source, env.db) == originals
+        assert show_triggers(env.target, env.db) == []
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    env.wait_caught_up(proc=proc)  # the stream goes on, the target still without triggers
+
+
+def test_cutover_refuses_before_read_only_when_a_trigger_definer_is_missing_on_the_new_side(triggered: Env) -> None:
+    env = triggered
+    originals = show_triggers(env.source, env.db)
+    env.target.execute(f"DROP USER 'trg_{env.name[:20]}'@'%'")
+    result, proc = _cut_over(env)
+    assert result.returncode == EXIT_SETUP, result.stderr
+    assert f"trg_{env.name[:20]}@%" in result.stderr and f"docs_audited on {env.db}.docs" in result.stderr
+    assert "does not exist" in result.stderr
+    assert "read_only = ON" not in result.stderr  # refused before anything changed
+    assert env.source.execute("SELECT @@GLOBAL.read_only") == [(0,)]
+    assert show_triggers(env.source, env.db) == originals
+    assert show_triggers(env.target, env.db) == []
+    assert proc.poll() is None  # the stream goes on

@@ -254,8 +254,10 @@ def ready(config_path: str, as_json: bool, max_lag_seconds: float, max_verify_ag
 def cutover(config_path: str, app_users: tuple[str, ...], timeout_seconds: float, as_json: bool) -> None:
     """Make the source read-only, drain the stream, verify, raise AUTO_INCREMENTs and promote the target.
 
+    At promotion the source's triggers on replicated tables move to the target (saved and dropped on the source).
     Needs a source user allowed to set read_only (SUPER or READ_ONLY ADMIN). Any failure before the promotion
-    makes the source writable again. Exit 0 promoted, 1 refused or failed (the reason is printed), 3 unavailable.
+    makes the source writable again and leaves the triggers where they were. Exit 0 promoted, 1 refused or failed
+    (the reason is printed), 3 unavailable, 4 triggers cannot be moved as they are (the message says what to do).
     """
     from austasync.cutover import run_cutover  # noqa: PLC0415
 
@@ -271,6 +273,8 @@ def cutover(config_path: str, app_users: tuple[str, ...], timeout_seconds: float
     else:
         for step in result.steps:
             click.echo(f"  {step['step']:<18} {step['seconds']:>8.3f} s")
+        if result.triggers_moved:
+            click.echo("triggers moved to the target: " + ", ".join(result.triggers_moved))
         click.echo(
             f"promoted: the target holds every write up to source position {result.final_position}; writes were"
             f" refused for {result.writes_refused_seconds:.1f} s. Next: point the application at the target."
@@ -285,7 +289,8 @@ def cutover(config_path: str, app_users: tuple[str, ...], timeout_seconds: float
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def rollback(config_path: str, app_users: tuple[str, ...], timeout_seconds: float, as_json: bool) -> None:
     """The mirror of cutover, while `run --reverse` streams: make the promoted target read-only, drain the reverse
-    stream into the legacy host, verify, promote the legacy host and make it writable again."""
+    stream into the legacy host, verify, promote the legacy host (its saved triggers restored, the new side's saved
+    and dropped) and make it writable again."""
     from austasync.cutover import run_cutover  # noqa: PLC0415
 
     cfg = configmod.reversed_config(_load(config_path))
@@ -296,14 +301,16 @@ def rollback(config_path: str, app_users: tuple[str, ...], timeout_seconds: floa
             app_users=list(app_users),
             timeout_seconds=timeout_seconds,
             announce=lambda m: click.echo(m, err=True),
-            reopen_target=True,
+            rollback=True,
         )
     )
     click.echo(
         json.dumps(result.as_dict(), indent=2)
         if as_json
         else f"rolled back: the legacy host holds every write up to {result.final_position} and takes writes again;"
-        f" writes were refused for {result.writes_refused_seconds:.1f} s. Point the application back at it."
+        f" writes were refused for {result.writes_refused_seconds:.1f} s."
+        + (f" Its triggers are back: {', '.join(result.triggers_moved)}." if result.triggers_moved else "")
+        + " Point the application back at it."
     )
 
 

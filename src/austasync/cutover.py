@@ -9,29 +9,37 @@ Steps, each logged with its duration (issue 8):
 3. the final source position is read only after that, and the daemon must apply exactly up to it;
 4. a verification of both sides, which stand still now;
 5. AUTO_INCREMENT counters on the target raised to at least the source's;
-6. the target is marked promoted in the fence row (every later austasync write to it refuses), its own binlog
-   coordinates recorded (where a reverse stream would start), and the result published.
+6. the target is marked promoted in the fence row (every later austasync write to it refuses); while that row
+   is held, the triggers of the replicated tables move (:mod:`austasync.triggers`): created on the target, saved
+   and dropped on the source, which from now on is the replica of the reverse stream (a trigger there would fire
+   a second time on every replicated row); then the target's own binlog coordinates are recorded (where the
+   reverse stream starts) and the result published.
 
-Any failure before step 6 sets ``read_only`` back to OFF and leaves everything as it was, with the reason.
-Reverse streaming (rollback without loss) is not built yet.
+The trigger move is planned and checked (privileges, conflicts, each DEFINER) before ``read_only`` is set, so a
+refusal changes nothing. Any failure before the promotion commits sets ``read_only`` back to OFF, undoes the
+trigger move and leaves everything as it was, with the reason. ``austasync rollback`` runs the same steps with
+the reversed configuration (:func:`austasync.config.reversed_config`): the legacy host gets its saved triggers
+back, the new side's are saved and dropped, and the legacy host takes writes again.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 from austasync import readiness
 from austasync.config import Config
 from austasync.db import Connection, connect, query, setup_source_session, setup_target_session, variable
-from austasync.errors import AustasyncError, SetupError, UnavailableError
+from austasync.errors import AustasyncError, SetupError, TriggerError, UnavailableError
 from austasync.mirror import Mirror
 from austasync.position import Position
 from austasync.schema import load_tables
 from austasync.sql import qualified
 from austasync.state import TargetState, connection_id
+from austasync.triggers import Moved, Side, TriggerMove, trigger_move
 from austasync.verifier import NoDaemonAligner, verify
 
 OPEN_TRANSACTIONS_WAIT_SECONDS = 10.0
@@ -44,6 +52,7 @@ class CutoverResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     writes_refused_seconds: float = 0.0
     promoted: bool = False
+    triggers_moved: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +61,7 @@ class CutoverResult:
             "final_source_position": str(self.final_position) if self.final_position else None,
             "target_binlog_position": str(self.target_position) if self.target_position else None,
             "writes_refused_seconds": round(self.writes_refused_seconds, 3),
+            "triggers_moved": self.triggers_moved,
             "steps": self.steps,
         }
 
@@ -146,56 +156,75 @@ def run_cutover(
     app_users: list[str],
     timeout_seconds: float = 60.0,
     announce: Callable[[str], None] = print,
-    reopen_target: bool = False,
+    rollback: bool = False,
 ) -> CutoverResult:
-    """Run steps 1-6; on failure before 6, the source is made writable again and the error says why."""
+    """Run steps 1-6; on failure before 6 commits, the source is made writable again and the error says why.
+
+    ``rollback``: ``config`` is the reversed one; the source is the new side, the target the legacy host, which
+    takes the application's writes again at the end.
+    """
     result = CutoverResult()
     mirror = Mirror(config.redis, config.replication.name)
     started = time.monotonic()
     check_gate(config, mirror)
     _step(result, "gate", started)
-    mirror.publish_cutover({"state": "draining", "at": time.time()})
+    origin = Side("new" if rollback else "legacy", config.source)
+    destination = Side("legacy" if rollback else "new", config.target)
     source = connect(config.source, "source")
     setup_source_session(source)
     target = connect(config.target, "target", autocommit=False)
     setup_target_session(target)
     state = TargetState(config.replication.state_schema, config.replication.name)
+    by = "rollback" if rollback else "cutover"
     try:
-        if not app_users:
-            everyone = privileged_app_users(
-                source, [str(r[0]) for r in query(source, "SELECT DISTINCT User FROM mysql.user")]
-            )
+        with trigger_move(config, origin, destination, migration=config.replication.name, by=by) as triggers:
+            _check_app_users(source, app_users, announce)
+            # planned before anything changes: a refusal here leaves both sides as they are
+            triggers.probe(triggers.plan())
+            mirror.publish_cutover({"state": "draining", "at": time.time()})
             announce(
-                "austasync: no --app-user given; these accounts can write through read_only (make sure the"
-                " application is none of them): " + ("; ".join(everyone) or "none")
+                f"austasync: setting GLOBAL read_only = ON on the source {config.source.describe()}:"
+                " application writes will be refused until the application points at the target"
             )
-        bypass = privileged_app_users(source, app_users)
-        if bypass:
-            raise CutoverError(
-                "application users can write through read_only; revoke these first:\n  " + "\n  ".join(bypass)
-            )
-        announce(
-            f"austasync: setting GLOBAL read_only = ON on the source {config.source.describe()}:"
-            " application writes will be refused until the application points at the target"
-        )
-        refused_since = time.monotonic()
-        query(source, "SET GLOBAL read_only = ON")
-        try:
-            _drain_and_promote(config, source, target, state, mirror, result, timeout_seconds)
-            if reopen_target:
-                # rollback: the legacy host was made read-only by the cutover; it takes the writes again
-                announce(f"austasync: setting GLOBAL read_only = OFF on {config.target.describe()}")
-                query(target, "SET GLOBAL read_only = OFF")
-        except BaseException:
-            query(source, "SET GLOBAL read_only = OFF")
-            mirror.publish_cutover({"state": "failed", "at": time.time()})
-            announce("austasync: cutover failed; the source is writable again (read_only = OFF)")
-            raise
-        result.writes_refused_seconds = time.monotonic() - refused_since
+            refused_since = time.monotonic()
+            query(source, "SET GLOBAL read_only = ON")
+            try:
+                _drain_and_promote(config, source, target, state, mirror, result, timeout_seconds)
+                started = time.monotonic()
+                _promote(target, state, result, triggers, announce)
+                _step(result, "promoted", started, target_position=str(result.target_position))
+                if rollback:
+                    # the legacy host was made read-only by the cutover; it takes the writes again
+                    announce(f"austasync: setting GLOBAL read_only = OFF on {config.target.describe()}")
+                    query(target, "SET GLOBAL read_only = OFF")
+            except BaseException:
+                query(source, "SET GLOBAL read_only = OFF")
+                mirror.publish_cutover({"state": "failed", "at": time.time()})
+                announce("austasync: cutover failed; the source is writable again (read_only = OFF)")
+                raise
+            result.writes_refused_seconds = time.monotonic() - refused_since
+            result.promoted = True
+            mirror.publish_cutover({"state": "promoted", "at": time.time(), **result.as_dict()})
     finally:
         source.close()
         target.close()
     return result
+
+
+def _check_app_users(source: Connection, app_users: list[str], announce: Callable[[str], None]) -> None:
+    if not app_users:
+        everyone = privileged_app_users(
+            source, [str(r[0]) for r in query(source, "SELECT DISTINCT User FROM mysql.user")]
+        )
+        announce(
+            "austasync: no --app-user given; these accounts can write through read_only (make sure the"
+            " application is none of them): " + ("; ".join(everyone) or "none")
+        )
+    bypass = privileged_app_users(source, app_users)
+    if bypass:
+        raise CutoverError(
+            "application users can write through read_only; revoke these first:\n  " + "\n  ".join(bypass)
+        )
 
 
 def _drain_and_promote(
@@ -207,6 +236,7 @@ def _drain_and_promote(
     result: CutoverResult,
     timeout: float,
 ) -> None:
+    """Steps 2-5: no write transaction open, the final position drained exactly, verified, counters raised."""
     started = time.monotonic()
     # a transaction that wrote before read_only fails at its next statement or at COMMIT and rolls back:
     # wait for those to end, so the final position below covers every transaction that will ever commit
@@ -235,15 +265,17 @@ def _drain_and_promote(
     started = time.monotonic()
     changed = _copy_auto_increment(config, source, target)
     _step(result, "auto_increment", started, raised=changed)
-    started = time.monotonic()
-    _promote(target, state, result)
-    _step(result, "promoted", started, target_position=str(result.target_position))
-    result.promoted = True
-    mirror.publish_cutover({"state": "promoted", "at": time.time(), **result.as_dict()})
 
 
-def _promote(target: Connection, state: TargetState, result: CutoverResult) -> None:
-    """Mark the target promoted under the fence's exclusive lock: every later austasync write refuses."""
+def _promote(
+    target: Connection,
+    state: TargetState,
+    result: CutoverResult,
+    triggers: TriggerMove,
+    announce: Callable[[str], None],
+) -> None:
+    """Mark the target promoted under the fence's exclusive lock (every later austasync write refuses) and, while
+    the row is held (no stream writes meanwhile), move the triggers; a failure before COMMIT undoes both."""
     query(target, "SET SESSION innodb_lock_wait_timeout = 30")
     rows = query(target, f"SELECT connections FROM {state.schema}.fence WHERE migration = %s", (state.migration,))
     for conn_id in [int(c) for c in str(rows[0][0]).split(",") if c] if rows else []:
@@ -257,8 +289,26 @@ def _promote(target: Connection, state: TargetState, result: CutoverResult) -> N
         f"UPDATE {state.schema}.fence SET promoted = 1, generation = generation + 1 WHERE migration = %s",
         (state.migration,),
     )
-    position = query(target, "SHOW MASTER STATUS")
-    query(target, "COMMIT")
-    if not position:
-        raise UnavailableError("the target's binlog is off: a reverse stream would have nowhere to start")
+    moved: Moved | None = None
+    try:
+        plan = triggers.plan()
+        if plan.wanted:
+            announce(
+                f"austasync: moving {len(plan.wanted)} triggers with the direction: creating them on"
+                f" {plan.destination.describe}, saving and dropping them on {plan.origin.describe} (a replica from"
+                " now on, where they would fire a second time): " + ", ".join(plan.names)
+            )
+        moved = triggers.apply(plan)
+        position = query(target, "SHOW MASTER STATUS")
+        if not position:
+            raise UnavailableError("the target's binlog is off: a reverse stream would have nowhere to start")
+        query(target, "COMMIT")
+    except BaseException as exc:
+        with suppress(Exception):  # the connection may be the thing that failed; its transaction is gone then
+            query(target, "ROLLBACK")
+        problems = triggers.undo(moved) if moved is not None else []
+        if problems:
+            raise TriggerError(f"{exc}\nand undoing the trigger move failed:\n  " + "\n  ".join(problems)) from exc
+        raise
     result.target_position = Position(str(position[0][0]), int(position[0][1]))
+    result.triggers_moved = plan.names
