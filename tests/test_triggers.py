@@ -251,3 +251,11 @@ def test_retarget_maps_the_names_in_the_head_and_refuses_a_body_that_names_the_s
     for body in (b"INSERT INTO `shop`.audit VALUES (NEW.id)", b"SET NEW.a = 'shop.x'"):
         with pytest.raises(TriggerError, match="names the database shop in its body"):
             retarget(_trigger(head + body), "store")
+
+
+def test_preflight_lists_the_source_triggers_that_cutover_will_move(moving: Env) -> None:
+    from austasync.preflight import run_preflight  # noqa: PLC0415
+
+    check = next(c for c in run_preflight(configmod.load(moving.config_path)).checks if c.id == "source.triggers")
+    assert check.status == "info" and "creates them on the target at promotion" in check.title
+    assert sorted(check.detail) == [f"{n} on {moving.db}.docs" for n in ("docs_audited", "docs_stamp", "docs_upper")]

@@ -39,6 +39,7 @@ from austasync.schema import (
     load_tables,
 )
 from austasync.sql import qualified, quote_ident
+from austasync.triggers import blind_databases
 
 Status = Literal["pass", "warn", "fail", "info"]
 
@@ -375,13 +376,26 @@ def check_tables(
         config.replication.databases,
     )
     source_triggers = [f"{r[2]} on {r[0]}.{r[1]}" for r in triggers if (str(r[0]), str(r[1])) in tables]
-    if source_triggers:
+    blind = blind_databases(conn, config.replication.databases)
+    if blind:
         report.add(
             Check(
                 "source.triggers",
                 "info",
-                f"{len(source_triggers)} source triggers: their effects arrive as row events; create them on the"
-                " target at cutover, not before",
+                f"the source user cannot see triggers in {', '.join(blind)} (no TRIGGER privilege; streaming does"
+                " not need it)",
+                tuple(source_triggers),
+                "`austasync cutover` moves the source's triggers to the target and refuses without it: run it"
+                " with a source user that has TRIGGER (and may set read_only), or GRANT TRIGGER ON <db>.*",
+            )
+        )
+    elif source_triggers:
+        report.add(
+            Check(
+                "source.triggers",
+                "info",
+                f"{len(source_triggers)} source triggers: their effects arrive as row events; `austasync cutover`"
+                " creates them on the target at promotion (and saves and drops them on the source)",
                 tuple(source_triggers),
             )
         )
@@ -682,7 +696,8 @@ def check_target_triggers(conn: Connection, config: Config, tables: dict[TableId
             "fail",
             "target tables have triggers, which would fire a second time on replicated rows",
             tuple(triggers),
-            "drop them on the target until cutover (DROP TRIGGER ...), then create them again",
+            "drop them on the target (DROP TRIGGER ...): `austasync cutover` creates the source's triggers there"
+            " at promotion",
         )
     return Check("target.triggers", "pass", "no triggers on the target tables")
 

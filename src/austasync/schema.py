@@ -351,7 +351,8 @@ def ensure_target(
 
     ``compare`` is off once a checkpoint exists: from then on the target's definitions are the stream's truth
     and the source's may legitimately be ahead of it. Returns the number of tables created. Triggers are not
-    copied (DESIGN.md rule 6) and target tables that have triggers are refused.
+    copied (DESIGN.md rule 6; :mod:`austasync.triggers` moves them at cutover) and target tables that have
+    triggers are refused.
     """
     created = 0
     mismatches: list[str] = []
@@ -387,7 +388,9 @@ def ensure_target(
     if triggers:
         raise SetupError(
             "target tables have triggers, which would fire a second time on replicated rows (DESIGN rule 6);"
-            " drop them until cutover: " + ", ".join(triggers)
+            " drop them (austasync cutover creates the source's triggers there at promotion, austasync rollback"
+            " moves them back; their definitions are saved in the state schema's triggers table on the side that"
+            " lost them): " + ", ".join(triggers)
         )
     return created
 

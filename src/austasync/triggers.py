@@ -445,27 +445,11 @@ class TriggerMove:
         return self.config.table_selected(back.get(db, db), table)
 
     def _check_visible(self, conn: Connection, side: Side, databases: tuple[str, ...]) -> None:
-        """information_schema.TRIGGERS shows nothing to a user without TRIGGER: a blind move would move nothing."""
-        user = str(query(conn, "SELECT CURRENT_USER()")[0][0])
-        name, _, host = user.rpartition("@")
-        grantee = f"'{name}'@'{host}'"
-        if query(
-            conn,
-            "SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'",
-            (grantee,),
-        ):
-            return
-        patterns = query(
-            conn,
-            "SELECT TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = %s"
-            " AND PRIVILEGE_TYPE = 'TRIGGER'",
-            (grantee,),
-        )
-        blind = [db for db in databases if not any(_like(str(p[0]), db) for p in patterns)]
+        blind = blind_databases(conn, databases)
         if blind:
             raise TriggerError(
-                f"the user {user} on {side.describe} lacks the TRIGGER privilege on {', '.join(blind)}: it cannot"
-                " see the triggers there, so none would be moved. GRANT TRIGGER ON <db>.* TO that user"
+                f"the user {current_user(conn)} on {side.describe} lacks the TRIGGER privilege on {', '.join(blind)}:"
+                " it cannot see the triggers there, so none would be moved. GRANT TRIGGER ON <db>.* TO that user"
             )
 
     def _check_destination(self, conn: Connection, wanted: tuple[Trigger, ...], to_dbs: tuple[str, ...]) -> None:
@@ -648,6 +632,29 @@ def trigger_move(config: Config, origin: Side, destination: Side, *, migration: 
         yield move
     finally:
         move.close()
+
+
+def current_user(conn: Connection) -> str:
+    return str(query(conn, "SELECT CURRENT_USER()")[0][0])
+
+
+def blind_databases(conn: Connection, databases: Iterable[str]) -> list[str]:
+    """Databases whose triggers this session cannot see: information_schema.TRIGGERS shows a trigger only to a user
+    with the TRIGGER privilege on its table, so without it a move would silently move nothing."""
+    name, _, host = current_user(conn).rpartition("@")
+    grantee = f"'{name}'@'{host}'"
+    if query(
+        conn,
+        "SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'",
+        (grantee,),
+    ):
+        return []
+    patterns = query(
+        conn,
+        "SELECT TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'",
+        (grantee,),
+    )
+    return [db for db in databases if not any(_like(str(p[0]), db) for p in patterns)]
 
 
 def _in_order(triggers: Iterable[Trigger]) -> list[Trigger]:
