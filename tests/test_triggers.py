@@ -259,3 +259,28 @@ def test_preflight_lists_the_source_triggers_that_cutover_will_move(moving: Env)
     check = next(c for c in run_preflight(configmod.load(moving.config_path)).checks if c.id == "source.triggers")
     assert check.status == "info" and "creates them on the target at promotion" in check.title
     assert sorted(check.detail) == [f"{n} on {moving.db}.docs" for n in ("docs_audited", "docs_stamp", "docs_upper")]
+
+
+def test_moving_back_refuses_when_the_new_side_changed_a_trigger_since_the_legacy_host_saved_it(moving: Env) -> None:
+    env = moving
+    forward = _move(env)
+    try:
+        forward.apply(forward.plan())
+    finally:
+        forward.close()
+    env.target.execute(
+        f"CREATE OR REPLACE TRIGGER {env.db}.docs_stamp BEFORE INSERT ON {env.db}.docs FOR EACH ROW"
+        " SET NEW.stamp = 'changed'"
+    )
+    cfg = configmod.reversed_config(configmod.load(env.config_path))
+    back = TriggerMove(cfg, Side("new", cfg.source), Side("legacy", cfg.target), migration=env.name, by="rollback")
+    try:
+        with pytest.raises(TriggerError) as refused:
+            back.plan()
+        assert f"docs_stamp on {env.db}.docs: definition changed since it was saved" in str(refused.value)
+        env.target.execute(f"DROP TRIGGER {env.db}.docs_stamp")  # gone on the new side: also a difference
+        with pytest.raises(TriggerError, match=f"docs_stamp on {env.db}.docs: saved on the legacy host"):
+            back.plan()
+    finally:
+        back.close()
+    assert show_triggers(env.source, env.db) == []  # refused before anything changed
