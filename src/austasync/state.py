@@ -9,6 +9,9 @@ Tables in the state schema (default ``_austasync``), one row per migration name:
 - ``state``: stream position (a transaction boundary, plus the count of rows events already applied of the next
   transaction when a big one was split), P0, phase, pending stop, last verification.
 - ``copy_cursor``: per table, the last key copied, committed inside the chunk's own transaction.
+
+The same schema on both servers also holds ``triggers``, the definitions cutover and rollback saved before
+dropping them there (:mod:`austasync.triggers`).
 """
 
 from __future__ import annotations
