@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from austasync import config as configmod
+from austasync import triggers
 from austasync.errors import TriggerError
 from austasync.triggers import Side, Trigger, TriggerMove, retarget
 from conftest import Env
@@ -284,3 +285,30 @@ def test_moving_back_refuses_when_the_new_side_changed_a_trigger_since_the_legac
     finally:
         back.close()
     assert show_triggers(env.source, env.db) == []  # refused before anything changed
+
+
+def test_a_move_that_fails_while_dropping_puts_every_trigger_back_in_its_order(
+    moving: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = moving
+    env.source.execute(
+        f"CREATE TRIGGER {env.db}.audit_checked BEFORE INSERT ON {env.db}.docs_audit FOR EACH ROW SET @n = 1"
+    )
+    originals = show_triggers(env.source, env.db)
+    monkeypatch.setattr(triggers, "LOCK_WAIT_SECONDS", 1)
+    reader = env.source.connect(autocommit=False)  # an idle transaction that read docs_audit holds it
+    move = _move(env)
+    try:
+        with reader.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {env.db}.docs_audit")
+        plan = move.plan()
+        with pytest.raises(TriggerError) as failure:
+            move.apply(plan)  # the three triggers of docs are dropped first, then docs_audit's waits
+        message = str(failure.value)
+        assert f"dropping trigger audit_checked on {env.db}.docs_audit" in message and "SHOW PROCESSLIST" in message
+        reader.rollback()
+        assert show_triggers(env.source, env.db) == originals  # re-created in ACTION_ORDER: upper before stamp
+        assert show_triggers(env.target, env.db) == []
+    finally:
+        reader.close()
+        move.close()

@@ -35,6 +35,10 @@ from austasync.errors import TriggerError
 from austasync.sql import qualified, quote_ident
 
 ER_DEFINER_MISSING = 1449  # a note, not an error: the trigger is created and fails each time it fires
+# CREATE/DROP TRIGGER wait for an exclusive metadata lock on the table: an idle transaction that once read it
+# holds one, and the default wait is a year, while the application's writes are refused
+LOCK_WAIT_SECONDS = 10
+ER_LOCK_WAIT_TIMEOUT = 1205
 ER_NO_SUCH_TABLE = 1146
 ER_BAD_DB = 1049
 
@@ -421,7 +425,9 @@ class TriggerMove:
         """``admin``: reads, drops and the state schema; ``create``: CREATE TRIGGER (it changes databases)."""
         key = (side.key, use)
         if key not in self._conns:
-            self._conns[key] = connect(side.server, side.name)
+            conn = connect(side.server, side.name)
+            query(conn, f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")
+            self._conns[key] = conn
         return self._conns[key]
 
     # --- plan: everything checked before anything changes ---------------------------------------------------
@@ -684,6 +690,7 @@ def _like(pattern: str, name: str) -> bool:
 
 def _error(exc: BaseException) -> str:
     args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
-    if len(args) >= 2:
-        return f"error {args[0]}: {args[1]}"
-    return str(exc)
+    if len(args) < 2:
+        return str(exc)
+    hint = " (a transaction holds the table: find it in SHOW PROCESSLIST)" if args[0] == ER_LOCK_WAIT_TIMEOUT else ""
+    return f"error {args[0]}: {args[1]}{hint}"
