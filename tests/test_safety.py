@@ -4,6 +4,9 @@ gets a clear error and a non-zero exit with nothing written."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -371,3 +374,33 @@ def test_exec_replays_ddl_with_the_source_clock_so_current_timestamp_defaults_ma
     proc = env.start_daemon()
     env.wait_caught_up(proc=proc)
     assert same(env)
+
+
+def test_a_signal_arriving_while_the_daemon_writes_its_log_stops_it_cleanly(env: Env) -> None:
+    """A signal handler that logged could interrupt the main thread inside its own log call and wait forever
+    for the logger's lock (seen: a daemon that never exited after SIGTERM). Here the log goes to a pipe nobody
+    reads yet, so the daemon is stuck in a log write when the signal lands; then the pipe is drained."""
+    simple_table(env, rows=3000)
+    env.extra = {"copy": {"chunk_rows": 1, "snapshot_seconds": 30}}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "austasync", "run", "--config", str(env.config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    env.procs.append(proc)
+    time.sleep(3)  # one-row chunks log constantly: the 64 KiB pipe is full long before this
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.stdout is not None
+    output: list[bytes] = []
+    drain = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    drain.start()
+    try:
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the daemon did not exit after SIGINT") from None
+    drain.join(10)
+    log = b"".join(output).decode(errors="replace")
+    assert code == 0, log[-3000:]
+    assert "signal received; stopping at a clean checkpoint" in log

@@ -119,8 +119,9 @@ def run(config_path: str, reverse: bool, from_position: str | None) -> None:
         daemon = Daemon(cfg)
 
     def on_signal(signum: int, _frame: object) -> None:
-        logmod.get("austasync").info("signal received; stopping at a clean checkpoint", signal=signum)
-        daemon.request_stop()
+        # nothing that takes a lock: the interrupted code may hold it (logging here once deadlocked the daemon
+        # inside its own log call); the daemon logs the signal from its loop
+        daemon.request_stop(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -167,9 +167,11 @@ class Daemon:
         self._last_event_ts: float | None = None
         self._inflight_last_ts: float | None = None  # the newest event of the batch the writer thread commits
         self._chunk_writers: list[ChunkWriter] = []  # the copy's extra target connections (in self._conns too)
+        self.stop_signal: int | None = None
 
-    def request_stop(self) -> None:
-        """Stop at the next clean point (SIGTERM)."""
+    def request_stop(self, signum: int | None = None) -> None:
+        """Stop at the next clean point. Safe in a signal handler: sets an event and sends one datagram."""
+        self.stop_signal = signum
         sdnotify.stopping()
         self._stop.set()
 
@@ -522,6 +524,8 @@ class Daemon:
                     self._commit(applier)
                 continue
             self._drain(event, applier, reader)
+        if self.stop_signal is not None:
+            self.log.info("signal received; stopping at a clean checkpoint", signal=self.stop_signal)
         self.telemetry.set_phase("stopping")
         self._commit(applier)
         self.log.info("stopped at a clean checkpoint", position=str(applier.committed), skip_events=applier.skip_events)
