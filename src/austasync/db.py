@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -49,7 +51,7 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
         kwargs["use_unicode"] = False
     kwargs.update(extra)
     try:
-        return pymysql.connect(**kwargs)
+        return TlsReusingConnection(**kwargs)
     except pymysql.err.OperationalError as exc:
         denied = bool(exc.args) and exc.args[0] in ACCESS_DENIED
         # a rotated password: fetch it again from its source (file, credential, AWS) and try once more
@@ -57,12 +59,33 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
             raise UnavailableError(f"cannot connect to the {role} ({cfg.describe()}): {_message(exc)}") from None
     kwargs["password"] = cfg.password.reveal()
     try:
-        return pymysql.connect(**kwargs)
+        return TlsReusingConnection(**kwargs)
     except pymysql.err.OperationalError as exc:
         raise UnavailableError(
             f"cannot connect to the {role} ({cfg.describe()}) with the password fetched again from"
             f" {cfg.password.source}: {_message(exc)}"
         ) from None
+
+
+class TlsReusingConnection(pymysql.connections.Connection):
+    """PyMySQL's connection, sharing one TLS context for its opportunistic TLS ("preferred": encrypted when the
+    server offers it, unverified). PyMySQL builds a context per connection, loading the system CA store: 32 ms of
+    CPU each (measured), about a tenth of the daemon's start."""
+
+    def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
+        if isinstance(sslp, dict) and not sslp:
+            return _preferred_tls_context()
+        return super()._create_ssl_ctx(sslp)  # type: ignore[misc,no-any-return]  # (private: not in the stubs)
+
+
+@functools.cache
+def _preferred_tls_context() -> ssl.SSLContext:
+    """What PyMySQL builds for an empty ``ssl`` option: default CA store, no hostname check, no verification."""
+    ctx = ssl.create_default_context()
+    ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _message(exc: BaseException) -> str:
