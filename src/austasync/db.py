@@ -20,6 +20,8 @@ import pymysql.cursors
 from austasync.config import DatabaseConfig
 from austasync.errors import UnavailableError
 
+# every session's character_set_client/connection: a literal in it needs no introducer
+CONNECTION_CHARSET = "utf8mb4"
 Connection: TypeAlias = "pymysql.connections.Connection[Any]"  # generic only in the stubs
 
 TARGET_SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION,ALLOW_INVALID_DATES"
@@ -40,7 +42,7 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
         "port": cfg.port,
         "user": cfg.user,
         "password": cfg.password.reveal(),
-        "charset": "utf8mb4",
+        "charset": CONNECTION_CHARSET,
         "autocommit": autocommit,
         "connect_timeout": cfg.connect_timeout_seconds,
         "binary_prefix": True,
