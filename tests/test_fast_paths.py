@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env
+from conftest import Env, dump
 from servers import MariaDB, Redis
 
 EXIT_DRIFT = 11
@@ -166,3 +166,82 @@ def test_a_copy_out_of_the_target_binlog_without_the_privilege_stops_before_writ
     assert env.target.execute(f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{env.db}'") == [
         (0,)
     ]
+
+
+# bytes that would break a naive file format: quotes before separators, newlines, escapes, NUL, Ctrl-Z, the word
+# NULL, \N, and UTF-8 / latin1 high bytes
+_AWKWARD = [
+    b"a',b",
+    b"x'\nNULL",
+    b"\\N",
+    b"NULL",
+    b"",
+    b"tab\there\r\n",
+    b"back\\slash\\'",
+    b"\x00\x1a\x00",
+    b"'",
+    b",",
+    b"''",
+    b"trailing  ",
+    "emoji \U0001f600 ç".encode(),
+    b"\\n is not a newline",
+]
+
+
+def test_chunks_loaded_as_files_carry_every_byte_and_every_kind_exactly(env: Env) -> None:
+    """Tables of plain columns are copied by LOAD DATA from memory; the bytes must be those an INSERT writes."""
+    env.source.execute(
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, s VARCHAR(100) CHARACTER SET utf8mb4 NULL,"
+        " l VARCHAR(60) CHARACTER SET latin1 NULL, sj VARCHAR(20) CHARACTER SET sjis NULL, b VARBINARY(64) NULL,"
+        " bl BLOB NULL, bc BINARY(4) NULL, d DECIMAL(30,10) NULL, f FLOAT NULL, g DOUBLE NULL,"
+        " dt DATETIME(6) NULL, ts TIMESTAMP(3) NULL, tm TIME(2) NULL, y YEAR NULL, u BIGINT UNSIGNED NULL)"
+    )
+    rows = []
+    for i, text in enumerate(_AWKWARD, start=1):
+        raw = text + bytes([i, 0x27, 0x5C, 0x2C, 0x0A])
+        rows.append(
+            f"({i}, X'{text.hex()}', X'{(text + bytes([0x81, 0xFF])).hex()}', X'{'835c'}',"  # sjis 0x835C ends in '\'
+            f" X'{raw.hex()}', X'{(raw * 3).hex()}', X'{raw[:4].hex()}', -{i}.0000000001, 1.17549e-38, {i}.25e300,"
+            f" '2024-02-29 23:59:59.{i:06d}', '2038-01-19 03:14:07.{i % 1000:03d}', '-838:59:59.{i % 100:02d}', {1901 + i},"
+            f" 18446744073709551615)"
+        )
+    rows.append("(100, " + ", ".join(["NULL"] * 14) + ")")
+    rows.append("(101, 'NULL', 'NULL', NULL, 'NULL', '', '', 0, 0, -0.0, '1000-01-01', NULL, '00:00:00', 0, 0)")
+    env.source.execute(f"INSERT INTO {env.db}.t VALUES " + ",".join(rows))
+    loads = int(env.target.execute("SHOW GLOBAL STATUS LIKE 'Com_load'")[0][1])
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    assert int(env.target.execute("SHOW GLOBAL STATUS LIKE 'Com_load'")[0][1]) > loads  # the LOAD path was taken
+    assert dump(env.source, env.db, "t", "id") == dump(env.target, env.db, "t", "id")
+    assert "instead of LOAD DATA" not in env.daemon_log()
+
+
+@pytest.fixture
+def no_local_infile_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+    """A target that refuses LOAD DATA LOCAL (MySQL 8's default)."""
+    server = MariaDB(tmp_path_factory.mktemp("no_local_infile"), server_id=412, extra=("--local-infile=0",))
+    server.start()
+    server.execute(
+        "CREATE USER 'austasync'@'%' IDENTIFIED BY 'target-secret-pw'", "GRANT ALL PRIVILEGES ON *.* TO 'austasync'@'%'"
+    )
+    yield server
+    server.stop()
+
+
+def test_a_target_that_refuses_load_data_gets_every_chunk_as_an_insert(
+    source: MariaDB, no_local_infile_target: MariaDB, redis_server: Redis, tmp_path: Path
+) -> None:
+    env = Env(source, no_local_infile_target, redis_server, tmp_path, f"noload_{int(time.time() * 1000) % 10**9}")
+    env.source.execute(
+        f"CREATE DATABASE {env.db}",
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v VARCHAR(40) NOT NULL)",
+        f"INSERT INTO {env.db}.t SELECT seq, CONCAT('row '', ', seq) FROM {env.db}.seq_1_to_2000",
+    )
+    proc = env.start_daemon()
+    try:
+        env.wait_caught_up(proc=proc)
+        assert dump(env.source, env.db, "t", "id") == dump(env.target, env.db, "t", "id")
+        log = env.daemon_log()
+        assert "copying with INSERT instead of LOAD DATA" in log and '"every_table": true' in log
+    finally:
+        env.stop_all()

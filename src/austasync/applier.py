@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import pymysql
 
-from austasync.db import ER_DUP_ENTRY, Connection, execute_raw, query
+from austasync.db import ER_DUP_ENTRY, Connection, DriverConnection, execute_raw, query
 from austasync.errors import DriftError, UncarryableValueError
 from austasync.events import Key, LiteralRows, Row, Rows, TxnImages
 from austasync.position import Position
@@ -77,6 +77,30 @@ def _failing_column(plan: _TablePlan, row: Sequence[object]) -> str:
     return "?"
 
 
+LOAD_FILE_NAME = "austasync-chunk"  # the only name DriverConnection serves: the data is in memory
+
+
+def load_statement(target: str, columns: str) -> str:
+    """LOAD DATA for rows as the source renders them for it: fields as SQL literals (numbers bare, strings in
+    single quotes with backslash escapes, the word NULL bare) separated by commas, rows by newlines; bytes taken
+    as they are (CHARACTER SET binary), as the INSERT path's introducers do."""
+    return (
+        f"LOAD DATA LOCAL INFILE '{LOAD_FILE_NAME}' INTO TABLE {target} CHARACTER SET binary"
+        " FIELDS TERMINATED BY ',' ENCLOSED BY \"'\" ESCAPED BY '\\\\' LINES TERMINATED BY '\\n'"
+        f" ({columns})"
+    )
+
+
+class LoadRefused(Exception):
+    """A chunk could not be loaded exactly with LOAD DATA: nothing of it was committed, and the copy goes on
+    with INSERT for this table (or, ``everywhere``, for all)."""
+
+    def __init__(self, message: str, table: TableId, *, everywhere: bool = False) -> None:
+        super().__init__(message)
+        self.table = table
+        self.everywhere = everywhere
+
+
 class ChunkWriter:
     """Another target connection writing copy chunks beside the applier's: each chunk is a fenced target
     transaction of its own with its table's cursor, exactly as the applier writes them, without the stream's
@@ -101,10 +125,11 @@ class ChunkWriter:
         last_key: tuple[bytes, ...] | None,
         is_last: bool,
         rows: int | None = None,
+        data: bytes | None = None,
     ) -> CopyCursor:
         applier = self._applier
         try:
-            new = applier.write_chunk(table, cursor, literals, last_key, is_last, rows)
+            new = applier.write_chunk(table, cursor, literals, last_key, is_last, rows, data)
             query(self.conn, "COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):  # the failure is what the daemon reports
@@ -535,10 +560,12 @@ class Applier:
         last_key: tuple[bytes, ...] | None,
         is_last: bool,
         rows: int | None = None,
+        data: bytes | None = None,
     ) -> CopyCursor:
         """Replace the key range (cursor, last_key] (open-ended for the last chunk) by the rows read at P.
 
-        ``literals`` are one per row, or (``rows`` given) several rows' joined by commas.
+        ``literals`` are one per row, or (``rows`` given) several rows' joined by commas; or ``data`` holds the
+        ``rows`` rows as a LOAD DATA file (see :func:`load_statement`).
 
         The applier stands at exactly P, so the range becomes equal to the source at the stream's position.
         """
@@ -555,7 +582,11 @@ class Applier:
             conds.append(at_most_key(table.key, lits))
         where = " AND ".join(conds) if conds else "1=1"
         self._execute(f"DELETE FROM {plan.target} WHERE {where}", plan)
-        self._insert(plan, literals)
+        if data is not None:
+            if rows:
+                self._load(plan, data, rows)
+        else:
+            self._insert(plan, literals)
         new = CopyCursor(
             db=cursor.db,
             table=cursor.table,
@@ -566,6 +597,29 @@ class Applier:
         )
         self.state.save_cursor(self.conn, new)
         return new
+
+    def _load(self, plan: _TablePlan, data: bytes, rows: int) -> None:
+        """The chunk's rows by LOAD DATA: a fifth less target CPU than the same rows as an INSERT (measured).
+
+        LOCAL turns the server's data errors into warnings and skips duplicate keys, so anything but exactly
+        ``rows`` rows loaded without a warning is refused (:class:`LoadRefused`): the chunk is then read and
+        written again as an INSERT, where the server's strict checks apply.
+        """
+        if not isinstance(self.conn, DriverConnection):
+            raise LoadRefused(
+                f"{plan.table}: this connection cannot serve LOAD DATA LOCAL", plan.table.id, everywhere=True
+            )
+        try:
+            loaded, warnings = self.conn.load_local(LOAD_FILE_NAME, data, load_statement(plan.target, plan.write_cols))
+        except pymysql.err.MySQLError as exc:
+            # LOCAL disabled on the server (MySQL 8's default), or refused for this user: no table can use it
+            raise LoadRefused(
+                f"{plan.table}: LOAD DATA LOCAL refused: {exc.args[-1]}", plan.table.id, everywhere=True
+            ) from None
+        if loaded != rows or warnings:
+            raise LoadRefused(
+                f"{plan.table}: LOAD DATA loaded {loaded} of {rows} rows with {warnings} warnings", plan.table.id
+            )
 
     # --- foreign-key cascades (rule 5) ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import pymysql
 
 from austasync import log as logmod
 from austasync import preflight, readiness, sdnotify
-from austasync.applier import Applier, ChunkWriter
+from austasync.applier import Applier, ChunkWriter, LoadRefused
 from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config
 from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
@@ -901,7 +901,13 @@ class Daemon:
         phase = self.telemetry.phase
 
         def write_with_applier(table: Table, cursor: CopyCursor, chunk: Chunk) -> CopyCursor:
-            new = applier.write_chunk(table, cursor, chunk.literals, chunk.last_key, chunk.is_last, chunk.count)
+            try:
+                new = applier.write_chunk(
+                    table, cursor, chunk.literals, chunk.last_key, chunk.is_last, chunk.count, chunk.data
+                )
+            except LoadRefused:
+                applier.rollback()  # nothing of the chunk stays; the stream's part was committed at the barrier
+                raise
             applier.commit(phase=phase)
             return new
 
@@ -931,7 +937,13 @@ class Daemon:
                 lane.finish()
             prefetcher.close()
         failure = failure or self._copy_results(results, position)
-        if failure is not None:
+        if isinstance(failure, LoadRefused):
+            # the chunk was not committed and its cursor not moved: the next round reads it again, as an INSERT
+            snapshot.insert_only.add(None if failure.everywhere else failure.table)
+            self.log.warning(
+                "copying with INSERT instead of LOAD DATA", reason=str(failure), every_table=failure.everywhere
+            )
+        elif failure is not None:
             raise failure
 
     def _copy_results(
@@ -1090,7 +1102,7 @@ def _skip_binlog(conn: Connection) -> None:
 
 def _writing_with(writer: ChunkWriter) -> Callable[[Table, CopyCursor, Chunk], CopyCursor]:
     def write(table: Table, cursor: CopyCursor, chunk: Chunk) -> CopyCursor:
-        return writer.write_chunk(table, cursor, chunk.literals, chunk.last_key, chunk.is_last, chunk.count)
+        return writer.write_chunk(table, cursor, chunk.literals, chunk.last_key, chunk.is_last, chunk.count, chunk.data)
 
     return write
 

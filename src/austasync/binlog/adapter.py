@@ -66,7 +66,7 @@ from austasync.binlog.rowcodec import ROWS_EVENTS as _ROWS_EVENTS
 from austasync.binlog.rowcodec import ROWS_V2 as _ROWS_V2
 from austasync.binlog.rowcodec import ColumnSpec, RowsDecoder, ValueStop, first_absent, read_lenenc
 from austasync.config import DatabaseConfig
-from austasync.db import TlsReusingConnection
+from austasync.db import DriverConnection
 from austasync.errors import UnavailableError, UncarryableValueError
 from austasync.events import (
     Begin,
@@ -508,7 +508,7 @@ class BinlogReader:
             slave_heartbeat=self._heartbeat,
             is_mariadb=False,  # with True the dump ignores file/pos and starts at the oldest binlog
             enable_logging=False,
-            pymysql_wrapper=TlsReusingConnection,
+            pymysql_wrapper=DriverConnection,
         )
         self._stream = stream
         state = _TxnState(self.start_position)
@@ -1038,7 +1038,7 @@ class TargetWriteWatcher:
             slave_heartbeat=self._heartbeat,
             is_mariadb=False,  # with True the dump ignores file/pos and starts at the oldest binlog
             enable_logging=False,
-            pymysql_wrapper=TlsReusingConnection,
+            pymysql_wrapper=DriverConnection,
         )
         self._stream = stream
         try:
