@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -398,7 +400,7 @@ def test_a_lease_holder_without_a_reachable_barrier_is_could_not_complete(copied
         unreachable = copied.run_cli("verify", "--tables", f"{copied.db}.t_clean")
         assert unreachable.returncode == 3 and "cannot reach the daemon's control interface" in unreachable.stderr
         repair = copied.run_cli("verify", "--repair", "--tables", f"{copied.db}.t_clean")
-        assert repair.returncode == 3 and "repair must go through it" in repair.stderr
+        assert repair.returncode == 3 and "cannot reach the daemon's control interface" in repair.stderr
     finally:
         copied.extra.pop("http", None)
         client.delete(f"t:{copied.name}:lease")
@@ -459,3 +461,56 @@ def test_aligned_verifications_while_the_source_takes_writes(env: Env) -> None:
         stop.set()
         writer.join(10)
     assert not errors and proc.poll() is None
+
+
+def test_repair_goes_through_the_running_daemon_at_its_barrier_while_the_source_takes_writes(env: Env) -> None:
+    env.extra["http"] = {"listen": f"127.0.0.1:{free_port()}"}
+    env.source.execute(
+        f"USE {env.db}",
+        "CREATE TABLE hot (id INT PRIMARY KEY, v INT NOT NULL, s VARCHAR(20) NULL)",
+        f"INSERT INTO hot {_with_rows('(id, v, s) SELECT seq, seq, NULL FROM seq_rows', 400)}",
+    )
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    stop, errors = threading.Event(), []
+    writer = threading.Thread(target=_writer, args=(env, stop, errors), daemon=True)
+    writer.start()
+    try:
+        # behind the daemon's back, on rows the writer never touches
+        env.target.execute(
+            f"UPDATE {env.db}.hot SET s = 'drift' WHERE id = 300",
+            f"DELETE FROM {env.db}.hot WHERE id = 301",
+            f"INSERT INTO {env.db}.hot VALUES (999999, 1, 'extra')",
+        )
+        code, doc = verify(env, "--repair")
+        assert code == 0 and doc["aligned"] is True, doc
+        assert doc["repair"]["tables"] == {f"{env.db}.hot": {"keys": 3, "rows_deleted": 2, "rows_written": 2}}
+        # the stream goes on over the repaired rows
+        env.source.execute(f"UPDATE {env.db}.hot SET s = 'after repair' WHERE id IN (300, 301)")
+    finally:
+        stop.set()
+        writer.join(10)
+    assert not errors and proc.poll() is None
+    env.wait_caught_up(proc=proc)
+    assert dump(env.source, env.db, "hot", "id") == dump(env.target, env.db, "hot", "id")
+    assert "repaired keys at the barrier" in env.daemon_log()
+
+
+def test_the_repair_endpoint_refuses_a_body_it_cannot_use_and_says_why(env: Env) -> None:
+    port = free_port()
+    env.extra["http"] = {"listen": f"127.0.0.1:{port}"}
+    env.source.execute(f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v INT)", f"INSERT INTO {env.db}.t VALUES (1, 1)")
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    for body, says in (
+        ({}, 'body must be {"tables"'),
+        ({"tables": {"nope.t": [["01"]]}}, "nope.t is not a replicated table"),
+        ({"tables": {f"{env.db}.t": [["01", "02"]]}}, "each key is a list of 1 hex values (id)"),
+    ):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/control/repair", data=json.dumps(body).encode(), method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)  # noqa: S310 (loopback)
+        assert refused.value.code == 400 and says in json.loads(refused.value.read())["error"]
+    assert proc.poll() is None

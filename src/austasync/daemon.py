@@ -20,6 +20,7 @@ import pymysql
 
 from austasync import log as logmod
 from austasync import preflight, readiness, sdnotify
+from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
 from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config
@@ -816,6 +817,9 @@ class Daemon:
         request = self.control.next()
         if request is None or request.expired:
             return
+        if request.command == "repair":
+            self._repair(request, applier, reader)
+            return
         if request.command != "barrier/pause":
             request.answer(409, {"error": "the applier is not paused; POST /control/barrier/pause first"})
             return
@@ -839,6 +843,41 @@ class Daemon:
             # the client still needs a moment after an advance (opening its target snapshot)
             deadline = self.clock() + AUTO_RELEASE_SECONDS
         self.log.warning("barrier: released automatically", seconds=AUTO_RELEASE_SECONDS)
+
+    def _repair(self, request: Request, applier: Applier, reader: BinlogReader) -> None:
+        """``POST /control/repair``: replace the given keys by the source's rows at this applier's position.
+
+        A source snapshot is opened, the stream applied to exactly its position (the copy's barrier, rule 7), the
+        keys read there and replaced in the applier's fenced transaction, committed with the checkpoint.
+        """
+        tables = {str(t): t for t in applier.plans_tables.values()}
+        try:
+            wanted = repairmod.keys_from_wire(request.body, tables)
+        except ValueError as exc:
+            request.answer(400, {"error": str(exc)})
+            return
+        self._commit(applier)
+        snapshot = SnapshotReader(self.config.source)
+        try:
+            position = snapshot.open_snapshot([tables[name] for name in wanted])
+            if not self._advance_to(position, applier, reader, deadline=self.clock() + AUTO_RELEASE_SECONDS):
+                request.answer(503, {"error": f"the stream did not reach {position} in time, or stopping; try again"})
+                return
+            done = {}
+            for name, keys in wanted.items():
+                rows = repairmod.source_rows(snapshot, tables[name], keys)
+                deleted = applier.replace_keys(tables[name], keys, rows)
+                done[name] = {"keys": len(keys), "rows_deleted": deleted, "rows_written": len(rows)}
+            applier.commit()
+        except (AustasyncError, pymysql.err.MySQLError) as exc:
+            applier.rollback()
+            self.log.error("repair failed; nothing of it was written", error=str(exc))
+            request.answer(500, {"error": f"repair failed, nothing written: {exc}"})
+            return
+        finally:
+            snapshot.close()
+        self.log.info("repaired keys at the barrier", position=str(position), tables=done)
+        request.answer(200, {"position": str(position), "tables": done})
 
     def _barrier_advance(self, request: Request, applier: Applier, reader: BinlogReader) -> None:
         try:

@@ -7,7 +7,8 @@ Control (used by ``austasync verify`` to compare both sides at the same source p
 ``POST /control/barrier/pause`` → ``{"position": "file:pos"}`` once the applier is paused at a transaction
 boundary; ``POST /control/barrier/advance`` with ``{"position": "file:pos"}`` → returns when the applier stands
 exactly there (still paused); ``POST /control/barrier/release``. The daemon releases by itself after a few seconds,
-so a crashed client cannot stall replication.
+so a crashed client cannot stall replication. ``POST /control/repair`` (used by ``austasync verify --repair``)
+re-copies the given keys at the barrier.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """``austasync verify --repair``: re-copy the differing keys from the source, fenced like every austasync write.
 
 Rows written to the target must be the source's rows *at the target's checkpoint*, or the stream would later be
-replayed over rows copied ahead of it (DESIGN.md rule 7, "Why not copy ahead of the stream"). A running daemon
-can do that at its barrier; this version has no control endpoint for it, so a repair here runs only with no
-daemon: it takes the Redis lease and fences the target (a daemon that starts meanwhile waits, a stale one cannot
-write), and refuses unless the source snapshot it reads stands exactly at the target's checkpoint.
+replayed over rows copied ahead of it (DESIGN.md rule 7, "Why not copy ahead of the stream").
+
+- With a daemon running (it holds the lease), the keys go to its ``POST /control/repair``: at its barrier it
+  opens a source snapshot, applies the stream to exactly its position, reads those keys there and replaces them in
+  one fenced target transaction with its checkpoint (:meth:`austasync.daemon.Daemon` ``_repair``).
+- With no daemon, this process takes the Redis lease and fences the target itself (a daemon that starts meanwhile
+  waits, a stale one cannot write), and refuses unless the source snapshot it reads stands exactly at the
+  target's checkpoint.
 """
 
 from __future__ import annotations
@@ -46,7 +50,29 @@ def _check_aligned(checkpoint: Checkpoint | None, position: Position) -> None:
         )
 
 
-def _source_rows(reader: SnapshotReader, table: Table, keys: Sequence[Key]) -> list[tuple[bytes | None, ...]]:
+def keys_to_wire(result: Result) -> dict[str, list[list[str]]]:
+    """The differing keys per table, each key's values hex-encoded, for the daemon's repair endpoint."""
+    return {str(t.table): [[v.hex() for v in d.key] for d in t.differences] for t in result.tables if t.differences}
+
+
+def keys_from_wire(doc: object, tables: dict[str, Table]) -> dict[str, list[Key]]:
+    """The endpoint's body, checked: known tables, keys of the right width, hex values. ValueError says what is
+    wrong."""
+    wanted = doc.get("tables") if isinstance(doc, dict) else None
+    if not isinstance(wanted, dict) or not wanted:
+        raise ValueError('body must be {"tables": {"db.table": [[hex key values], ...]}}')
+    out: dict[str, list[Key]] = {}
+    for name, keys in wanted.items():
+        table = tables.get(str(name))
+        if table is None:
+            raise ValueError(f"{name} is not a replicated table")
+        if not isinstance(keys, list) or not all(isinstance(k, list) and len(k) == len(table.key) for k in keys):
+            raise ValueError(f"{name}: each key is a list of {len(table.key)} hex values ({', '.join(table.key)})")
+        out[str(name)] = [tuple(bytes.fromhex(str(v)) for v in key) for key in keys]
+    return out
+
+
+def source_rows(reader: SnapshotReader, table: Table, keys: Sequence[Key]) -> list[tuple[bytes | None, ...]]:
     cols = ", ".join(select_expr(c.name, c.kind) for c in table.writable)
     rows: list[tuple[bytes | None, ...]] = []
     for batch in _batches(keys, KEYS_PER_STATEMENT):
@@ -76,7 +102,7 @@ def _repair_table(conn: Connection, state: TargetState, reader: SnapshotReader, 
     """Delete every differing key on the target, insert the source's rows for them: one fenced transaction."""
     table = result.table
     keys = [d.key for d in result.differences]
-    rows = _source_rows(reader, table, keys)
+    rows = source_rows(reader, table, keys)
     state.check_fence(conn)
     deleted = 0
     for batch in _batches(keys, KEYS_PER_STATEMENT):

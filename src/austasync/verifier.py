@@ -115,23 +115,32 @@ class HttpAligner:
         self.timeout = timeout_seconds
 
     def pause(self) -> Position | None:
-        return Position.parse(str(self._post("pause", None)["position"]))
+        return Position.parse(str(self._post("barrier/pause", None)["position"]))
 
     def advance_to(self, position: Position) -> None:
-        answer = self._post("advance", {"position": str(position)})
+        answer = self._post("barrier/advance", {"position": str(position)})
         reached = answer.get("position")
         if reached is not None and Position.parse(str(reached)) != position:
             raise UnavailableError(f"the daemon stopped at {reached}, not at the snapshot position {position}")
 
     def release(self) -> None:
         try:
-            self._post("release", None)
+            self._post("barrier/release", None)
         except UnavailableError as exc:
             # it releases by itself after 10 s; the snapshots were checked against the target's checkpoint
             _log.warning("could not release the daemon's barrier", error=str(exc))
 
-    def _post(self, action: str, body: dict[str, str] | None) -> dict[str, Any]:
-        url = f"{self.base_url}/control/barrier/{action}"
+    def repair(self, tables: dict[str, list[list[str]]], timeout_seconds: float = 120.0) -> dict[str, Any]:
+        """``POST /control/repair``: the daemon re-copies these keys (hex-encoded key values per table) from the
+        source at its barrier, fenced, and answers per table what it deleted and wrote."""
+        previous, self.timeout = self.timeout, timeout_seconds
+        try:
+            return self._post("repair", {"tables": tables})
+        finally:
+            self.timeout = previous
+
+    def _post(self, action: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        url = f"{self.base_url}/control/{action}"
         request = urllib.request.Request(  # noqa: S310 (scheme checked in __init__)
             url, data=json.dumps(body or {}).encode(), method="POST", headers={"Content-Type": "application/json"}
         )
@@ -140,13 +149,13 @@ class HttpAligner:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
-            raise UnavailableError(f"the daemon refused barrier {action} ({exc.code}): {detail}") from None
+            raise UnavailableError(f"the daemon refused {action} ({exc.code}): {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise UnavailableError(f"cannot reach the daemon's control interface at {url}: {exc}") from None
         try:
             doc = json.loads(payload or b"{}")
         except ValueError:
-            raise UnavailableError(f"the daemon answered barrier {action} with something that is not JSON") from None
+            raise UnavailableError(f"the daemon answered {action} with something that is not JSON") from None
         return doc if isinstance(doc, dict) else {}
 
 

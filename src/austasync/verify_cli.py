@@ -91,18 +91,16 @@ def _merge(first: Result, again: Result) -> Result:
 def _verify_and_repair(
     config: configmod.Config, only: list[str] | None, repair: bool, daemon: bool, aligner: Aligner
 ) -> tuple[Result, dict[str, Any] | None]:
-    if repair and daemon:
-        raise UnavailableError(
-            "a daemon holds the lease: a repair must go through it, and its repair endpoint is not in this"
-            " version; stop the daemon (SIGTERM) and run `austasync verify --repair` again"
-        )
     progress = _progress if sys.stderr.isatty() else None
     result = run_verify(config, aligner, only, progress)
     if not (repair and result.differs):
         return result, None
     before = {str(t.table): len(t.differences) for t in result.tables if t.differences}
-    repaired = repairmod.repair(config, result)
-    again = run_verify(config, NoDaemonAligner(), sorted(repaired), progress)
+    if daemon and isinstance(aligner, HttpAligner):
+        repaired = aligner.repair(repairmod.keys_to_wire(result)).get("tables", {})  # at the daemon's barrier
+    else:
+        repaired = repairmod.repair(config, result)
+    again = run_verify(config, aligner, sorted(repaired), progress)
     return _merge(result, again), {"differences_before": before, "tables": repaired}
 
 
