@@ -25,6 +25,8 @@ import pytest
 import redis
 from moto.server import ThreadedMotoServer
 
+from austasync import config as configmod
+from austasync import verifier
 from conftest import Env, dump
 from servers import MariaDB, Redis, free_port
 
@@ -514,3 +516,26 @@ def test_the_repair_endpoint_refuses_a_body_it_cannot_use_and_says_why(env: Env)
             urllib.request.urlopen(request, timeout=30)  # noqa: S310 (loopback)
         assert refused.value.code == 400 and says in json.loads(refused.value.read())["error"]
     assert proc.poll() is None
+
+
+@pytest.mark.parametrize("pace", [1.0, 0.25])
+def test_a_paced_verification_idles_three_times_as_long_as_it_queries_at_a_quarter(copied: Env, pace: float) -> None:
+    """The daemon's scheduled passes keep the servers busy only ``verify.pace`` of the time."""
+    config = configmod.load(copied.config_path)
+    slept: list[float] = []
+    ticks = iter(range(10**6))
+
+    def clock() -> float:  # a fake clock: each reading advances it by 0.01 s, so busy time is deterministic
+        return next(ticks) * 0.01
+
+    result = verifier.verify(
+        config, verifier.NoDaemonAligner(), [f"{copied.db}.t_clean"], clock=clock, pace=pace, sleep=slept.append
+    )
+    assert result.consistent and result.tables[0].chunks >= 1
+    if pace == 1.0:
+        assert slept == []
+    else:
+        # each rest is 3x the time the chunk before it took, a whole number of the clock's 0.01 s steps
+        busy = [s / 3 for s in slept]
+        assert slept and all(b >= 0.01 and abs(b / 0.01 - round(b / 0.01)) < 1e-6 for b in busy), slept
+        assert sum(busy) <= result.duration_seconds

@@ -167,6 +167,9 @@ class ThrottleConfig:
 @dataclass(frozen=True)
 class VerifyConfig:
     interval_seconds: float = 6 * 3600.0  # 0 turns the daemon's own verification off
+    # share of the wall time the daemon's scheduled passes (not the first, not the CLI's) spend in checksum
+    # queries: after a chunk that took t seconds they wait t * (1 / pace - 1). 1 = full speed
+    pace: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,13 @@ def _float(value: Any, where: str) -> float:
         raise ConfigError(f"{where} must be a number, got {value!r}") from None
     if number < 0:
         raise ConfigError(f"{where} must not be negative, got {number}")
+    return number
+
+
+def _pace(value: Any, where: str) -> float:
+    number = _float(value, where)
+    if not 0 < number <= 1:
+        raise ConfigError(f"{where} must be more than 0 and at most 1 (a share of the time), got {number}")
     return number
 
 
@@ -407,7 +417,10 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             check_interval_seconds=th.get("check_interval_seconds", _float, 1.0),
         ),
         http=HttpConfig(listen=s["http"].get("listen", _listen, "127.0.0.1:9108")),
-        verify=VerifyConfig(interval_seconds=s["verify"].get("interval_seconds", _float, 6 * 3600.0)),
+        verify=VerifyConfig(
+            interval_seconds=s["verify"].get("interval_seconds", _float, 6 * 3600.0),
+            pace=s["verify"].get("pace", _pace, 0.5),
+        ),
         log=LogConfig(
             level=s["log"].get("level", _choice("debug", "info", "warning", "error"), "info"),
             format=s["log"].get("format", _choice("auto", "json", "console"), "auto"),

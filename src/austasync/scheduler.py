@@ -77,10 +77,13 @@ class VerificationScheduler:
 
     def _loop(self) -> None:
         """One pass now, then one every ``verify.interval_seconds``, until the daemon stops."""
+        first = True
         while not self._stop.is_set():
             started = self.clock()
+            # the first pass at full speed: a fresh deployment is not ready until it is done
+            pace = 1.0 if first else self.config.verify.pace
             try:
-                result = self.run_verification(self.config, self.aligner)
+                result = self.run_verification(self.config, self.aligner, pace=pace, sleep=self._stop.wait)
             except (AustasyncError, OSError) as exc:
                 self.last_error = str(exc)
                 self.log.warning("scheduled verification could not complete; retrying later", error=str(exc)[:500])
@@ -92,6 +95,7 @@ class VerificationScheduler:
                 self._stop.wait(min(300.0, self.config.verify.interval_seconds))
                 continue
             self.last_error = None
+            first = False
             self.on_result(result)
             self.log.info(
                 "scheduled verification done",
