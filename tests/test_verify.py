@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +28,10 @@ from moto.server import ThreadedMotoServer
 
 from austasync import config as configmod
 from austasync import verifier
+from austasync.control import Control
+from austasync.errors import UnavailableError
+from austasync.scheduler import VerificationScheduler
+from austasync.touched import TouchedKeys
 from conftest import Env, dump
 from servers import MariaDB, Redis, free_port
 
@@ -539,3 +544,58 @@ def test_a_paced_verification_idles_three_times_as_long_as_it_queries_at_a_quart
         busy = [s / 3 for s in slept]
         assert slept and all(b >= 0.01 and abs(b / 0.01 - round(b / 0.01)) < 1e-6 for b in busy), slept
         assert sum(busy) <= result.duration_seconds
+
+
+# --- between full passes: the keys the stream wrote -------------------------------------------------------------
+
+
+def test_a_pass_over_the_written_keys_finds_drift_at_those_keys_only_and_keeps_keys_it_could_not_check(
+    copied: Env,
+) -> None:
+    on_target(
+        copied,
+        "UPDATE t_repair SET v = 'drift here' WHERE id = 11",
+        "UPDATE t_repair SET v = 'drift 12' WHERE id = 12",  # not written since the last full pass
+    )
+    try:
+        config = configmod.load(copied.config_path)
+        touched = TouchedKeys()
+        touched.add((copied.db, "t_repair"), [("10",), ("11",)])
+        results: list[verifier.Result] = []
+        failing = [False, True]  # popped from the end: the first run fails, the second runs
+
+        def run(config: configmod.Config, _aligner: object, *args: Any, **kwargs: Any) -> verifier.Result:
+            if failing.pop():
+                raise UnavailableError("the source went away")
+            return verifier.verify(config, verifier.NoDaemonAligner(), *args, **kwargs)
+
+        scheduler = VerificationScheduler(config, Control(), results.append, touched=touched, run=run)
+        scheduler._touched_pass()  # could not complete: the keys wait for the next pass
+        assert not results and touched.take().keys == {(copied.db, "t_repair"): frozenset({("10",), ("11",)})}
+        touched.add((copied.db, "t_repair"), [("10",), ("11",)])
+        scheduler._touched_pass()
+        assert len(results) == 1 and results[0].differs  # drift is published, so the gate closes
+        (table,) = results[0].tables
+        assert {(d.kind, d.key) for d in table.differences} == {("changed", (b"11",))}
+        assert table.rows_checked == 2 and touched.take().empty
+    finally:
+        on_target(copied, "UPDATE t_repair SET v = CONCAT('v', id) WHERE id IN (11, 12)")
+
+
+def test_the_daemon_checks_the_keys_it_wrote_between_full_passes(env: Env) -> None:
+    env.extra["verify"] = {"interval_seconds": 3600, "touched_interval_seconds": 1}
+    env.source.execute(
+        f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, v INT NOT NULL)",
+        f"INSERT INTO {env.db}.t SELECT seq, seq FROM {env.db}.seq_1_to_100",
+    )
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    deadline = time.monotonic() + 30
+    while "scheduled verification done" not in env.daemon_log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    env.source.execute(f"UPDATE {env.db}.t SET v = v + 1 WHERE id <= 10")
+    env.wait_caught_up(proc=proc)
+    while '"keys": 10' not in env.daemon_log() and time.monotonic() < deadline + 10:
+        time.sleep(0.2)
+    line = next(x for x in env.daemon_log().splitlines() if "written keys verified" in x)
+    assert json.loads(line)["keys"] == 10 and json.loads(line)["consistent"] is True, line

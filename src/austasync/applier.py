@@ -28,6 +28,7 @@ from austasync.position import Position
 from austasync.schema import ForeignKey, Table, TableId
 from austasync.sql import Kind, after_key, at_most_key, in_list, qualified, quote_ident, raw_literal, value_literal
 from austasync.state import CopyCursor, TargetState
+from austasync.touched import TouchedKeys
 
 DELETED = None  # marker of a net image that is a delete
 # out of range, data truncated, data too long, incorrect value, invalid JSON (MySQL), CHECK failed (MariaDB's
@@ -183,10 +184,12 @@ class Applier:
         target_db: Mapping[str, str],
         position: Position,
         skip_events: int = 0,
+        touched: TouchedKeys | None = None,
     ) -> None:
         self.conn = conn
         self.state = state
         self.target_db = target_db
+        self.touched = touched  # keys written, for the daemon's checks between full verifications
         self.plans_tables = dict(tables)  # what a ChunkWriter beside this applier is built from
         self.foreign_keys = list(foreign_keys)
         self.plans = {tid: self._plan(t, foreign_keys) for tid, t in tables.items()}
@@ -407,6 +410,8 @@ class Applier:
         for i in range(0, len(keys), MAX_KEYS_PER_DELETE):
             part = [plan.key_literal(k) for k in keys[i : i + MAX_KEYS_PER_DELETE]]
             self._execute(f"DELETE FROM {plan.target} WHERE {in_list(plan.table.key, part)}", plan)
+            if self.touched is not None:
+                self.touched.add(plan.table.id, part)
 
         def literal(row: Row) -> str:
             try:
@@ -421,6 +426,8 @@ class Applier:
 
     def _write_literal_images(self, plan: _TablePlan, images: dict[Key, str | None]) -> None:
         keys = list(images)
+        if self.touched is not None:
+            self.touched.add(plan.table.id, keys)
         for i in range(0, len(keys), MAX_KEYS_PER_DELETE):
             self._execute(
                 f"DELETE FROM {plan.target} WHERE {in_list(plan.table.key, keys[i : i + MAX_KEYS_PER_DELETE])}", plan
@@ -673,6 +680,8 @@ class Applier:
             if any(v is None for v in values):
                 continue  # a NULL references nothing
             child = self.plans[fk.child]
+            if self.touched is not None:
+                self.touched.whole(fk.child)  # the cascade's child keys are not in the binlog
             where = self._match(child, fk.child_columns, values)
             if fk.on_delete == "CASCADE":
                 if child.on_delete:
@@ -690,6 +699,8 @@ class Applier:
             if any(v is None for v in old):
                 continue
             child = self.plans[fk.child]
+            if self.touched is not None:
+                self.touched.whole(fk.child)  # the cascade's child keys are not in the binlog
             where = self._match(child, fk.child_columns, old)
             new = _values(plan, fk.parent_columns, after) if fk.on_update == "CASCADE" else None
             self._set_children(child, fk, where, new)

@@ -170,6 +170,8 @@ class VerifyConfig:
     # share of the wall time the daemon's scheduled passes (not the first, not the CLI's) spend in checksum
     # queries: after a chunk that took t seconds they wait t * (1 / pace - 1). 1 = full speed
     pace: float = 0.5
+    # between full passes, the keys the stream wrote are checked this often (0 = only full passes)
+    touched_interval_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -420,6 +422,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
         verify=VerifyConfig(
             interval_seconds=s["verify"].get("interval_seconds", _float, 6 * 3600.0),
             pace=s["verify"].get("pace", _pace, 0.5),
+            touched_interval_seconds=s["verify"].get("touched_interval_seconds", _float, 300.0),
         ),
         log=LogConfig(
             level=s["log"].get("level", _choice("debug", "info", "warning", "error"), "info"),

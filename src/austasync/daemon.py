@@ -77,6 +77,7 @@ from austasync.schema import (
 from austasync.sql import quote_ident
 from austasync.state import Checkpoint, CopyCursor, TargetState, connection_id, holder_name
 from austasync.telemetry import Telemetry
+from austasync.touched import TouchedKeys
 from austasync.verifier import Result
 
 HEALTH_STALL_SECONDS = 30.0
@@ -286,7 +287,8 @@ class Daemon:
     def _run_with_lease(self, source: Connection, tables: dict[TableId, Table], fks: list[ForeignKey]) -> None:
         # a pipeline restart (after an exec DDL) starts from the target's state, not from the last run's memory
         self.telemetry.cursors = {}
-        self.scheduler = VerificationScheduler(self.config, self.control, self._verification_done)
+        touched = TouchedKeys()  # the keys written from here on, re-checked between full verifications
+        self.scheduler = VerificationScheduler(self.config, self.control, self._verification_done, touched=touched)
         admin, writer = self._fence_target(source)
         checkpoint, resumed = self._load_checkpoint(source, admin, writer, tables)
         if resumed:
@@ -303,6 +305,7 @@ class Daemon:
             dict(self.config.replication.rename),
             checkpoint.position,
             checkpoint.skip_events,
+            touched,
         )
         reader = BinlogReader(
             self.config.source,

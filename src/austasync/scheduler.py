@@ -17,6 +17,7 @@ from austasync.config import Config
 from austasync.control import Control
 from austasync.errors import AustasyncError, UnavailableError
 from austasync.position import Position
+from austasync.touched import TouchedKeys
 from austasync.verifier import Result, verify
 
 
@@ -54,10 +55,12 @@ class VerificationScheduler:
         control: Control,
         on_result: Callable[[Result], None],
         *,
+        touched: TouchedKeys | None = None,
         run: Callable[..., Result] = verify,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.touched = touched
         self.aligner = InProcessAligner(control)
         self.on_result = on_result
         self.run_verification = run
@@ -76,31 +79,80 @@ class VerificationScheduler:
         self._stop.set()
 
     def _loop(self) -> None:
-        """One pass now, then one every ``verify.interval_seconds``, until the daemon stops."""
+        """One full pass now, then one every ``verify.interval_seconds``; in between, the keys the stream wrote
+        every ``verify.touched_interval_seconds``; until the daemon stops."""
         first = True
         while not self._stop.is_set():
-            started = self.clock()
-            # the first pass at full speed: a fresh deployment is not ready until it is done
-            pace = 1.0 if first else self.config.verify.pace
-            try:
-                result = self.run_verification(self.config, self.aligner, pace=pace, sleep=self._stop.wait)
-            except (AustasyncError, OSError) as exc:
-                self.last_error = str(exc)
-                self.log.warning("scheduled verification could not complete; retrying later", error=str(exc)[:500])
-                self._stop.wait(min(300.0, self.config.verify.interval_seconds))
+            if self._full_pass(first):
+                first = False
+                next_full = self.clock() + self.config.verify.interval_seconds
+            else:
+                next_full = self.clock() + min(300.0, self.config.verify.interval_seconds)  # retry sooner
+            self._between_passes(next_full)
+
+    def _between_passes(self, next_full: float) -> None:
+        every = self.config.verify.touched_interval_seconds
+        while not self._stop.is_set():
+            left = next_full - self.clock()
+            if left <= 0:
+                return
+            if every <= 0 or self.touched is None:
+                self._stop.wait(left)
                 continue
-            except Exception as exc:  # noqa: BLE001 (a verifier bug must not stop replication; it is logged)
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self.log.error("scheduled verification failed", error=self.last_error[:500])
-                self._stop.wait(min(300.0, self.config.verify.interval_seconds))
-                continue
-            self.last_error = None
-            first = False
-            self.on_result(result)
-            self.log.info(
-                "scheduled verification done",
-                consistent=result.consistent,
-                drift_rows=sum(len(t.differences) for t in result.tables),
-                seconds=round(self.clock() - started, 1),
+            if self._stop.wait(min(every, left)) or self.clock() >= next_full:
+                return
+            self._touched_pass()
+
+    def _full_pass(self, first: bool) -> bool:
+        """A full verification; False when it could not complete."""
+        started = self.clock()
+        if self.touched is not None:
+            self.touched.take()  # what was written so far is covered by this pass
+        # the first pass at full speed: a fresh deployment is not ready until it is done
+        pace = 1.0 if first else self.config.verify.pace
+        try:
+            result = self.run_verification(self.config, self.aligner, pace=pace, sleep=self._stop.wait)
+        except (AustasyncError, OSError) as exc:
+            self.last_error = str(exc)
+            self.log.warning("scheduled verification could not complete; retrying later", error=str(exc)[:500])
+            return False
+        except Exception as exc:  # noqa: BLE001 (a verifier bug must not stop replication; it is logged)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.log.error("scheduled verification failed", error=self.last_error[:500])
+            return False
+        self.last_error = None
+        self.on_result(result)
+        self.log.info(
+            "scheduled verification done",
+            consistent=result.consistent,
+            drift_rows=sum(len(t.differences) for t in result.tables),
+            seconds=round(self.clock() - started, 1),
+        )
+        return True
+
+    def _touched_pass(self) -> None:
+        """The keys written since the last pass, at an aligned point. Drift found is published (the gate closes);
+        a clean result is not: it is no full verification, and the gate's clock stays with the last full pass."""
+        assert self.touched is not None  # noqa: S101 (the caller checked)
+        taken = self.touched.take()
+        if taken.empty:
+            return
+        keys = {f"{db}.{name}": k for (db, name), k in taken.keys.items()}
+        only = sorted(set(keys) | {f"{db}.{name}" for db, name in taken.whole})
+        try:
+            result = self.run_verification(
+                self.config, self.aligner, only, pace=self.config.verify.pace, sleep=self._stop.wait, keys=keys
             )
-            self._stop.wait(self.config.verify.interval_seconds)
+        except Exception as exc:  # noqa: BLE001 (logged; the keys wait for the next pass)
+            self.touched.restore(taken)
+            self.log.warning("check of the written keys could not complete; retrying later", error=str(exc)[:500])
+            return
+        if result.differs:
+            self.on_result(result)
+        self.log.info(
+            "written keys verified",
+            keys=taken.key_count,
+            whole_tables=len(taken.whole),
+            consistent=result.consistent,
+            drift_rows=sum(len(t.differences) for t in result.tables),
+        )
