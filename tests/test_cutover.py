@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from conftest import Env, dump
+from servers import free_port
 from test_triggers import create_definer, create_trigger_tables, create_triggers, show_triggers
 
 EXIT_SETUP = 4
@@ -352,3 +353,45 @@ def test_cutover_refuses_before_read_only_when_a_trigger_definer_is_missing_on_t
     assert show_triggers(env.source, env.db) == originals
     assert show_triggers(env.target, env.db) == []
     assert proc.poll() is None  # the stream goes on
+
+
+def _first_full_pass(env: Env, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while "scheduled verification done" not in env.daemon_log() and time.monotonic() < deadline:
+        assert proc.poll() is None, env.daemon_log()[-3000:]
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("drift_at_a_written_key", [False, True])
+def test_a_cutover_after_a_clean_full_pass_checks_the_keys_written_since(
+    cut: Env, drift_at_a_written_key: bool
+) -> None:
+    env = cut
+    env.extra["verify"] = {"interval_seconds": 3600, "touched_interval_seconds": 0}
+    env.extra["http"] = {"listen": f"127.0.0.1:{free_port()}"}
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    _first_full_pass(env, proc)  # the daemon's own full pass: the gate opens, the written keys start afresh
+    writer = AppWriter(env)
+    writer.start()
+    time.sleep(1)
+    if drift_at_a_written_key:  # behind the daemon's back, on a row it wrote (the writer only inserts)
+        row = f"SELECT COUNT(*) FROM {env.db}.consents WHERE id = {writer.committed[0]}"
+        while env.target.execute(row) != [(1,)]:
+            time.sleep(0.05)
+        env.target.execute(f"UPDATE {env.db}.consents SET patient = 'drift' WHERE id = {writer.committed[0]}")
+    # a budget of 0: never a full pass, the written keys only
+    result = env.run_cli(
+        "cutover", "--app-user", f"app_{env.name[:20]}", "--json", "--verify-budget-seconds", "0", timeout=120
+    )
+    writer.stop.set()
+    writer.join(10)
+    if drift_at_a_written_key:
+        assert result.returncode == 1 and "differing rows" in result.stderr, result.stdout + result.stderr
+        assert env.source.execute("SELECT @@GLOBAL.read_only") == [(0,)]
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    (step,) = [s for s in json.loads(result.stdout)["steps"] if s["step"] == "verified"]
+    written = len(writer.committed)
+    assert step["scope"] == f"{written} keys written since the last clean full pass", (step, written)
+    assert dump(env.source, env.db, "consents", "id") == dump(env.target, env.db, "consents", "id")

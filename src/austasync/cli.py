@@ -251,8 +251,18 @@ def ready(config_path: str, as_json: bool, max_lag_seconds: float, max_verify_ag
 @config_option
 @click.option("--app-user", "app_users", multiple=True, help="An application user that must not bypass read_only.")
 @click.option("--timeout-seconds", type=float, default=60.0, show_default=True, help="How long to wait for the drain.")
+@click.option(
+    "--verify-budget-seconds",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Also run a full verification pass while writes are refused if the last one took no longer than this;"
+    " else only the keys written since the daemon's last clean full pass are checked.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def cutover(config_path: str, app_users: tuple[str, ...], timeout_seconds: float, as_json: bool) -> None:
+def cutover(
+    config_path: str, app_users: tuple[str, ...], timeout_seconds: float, verify_budget_seconds: float, as_json: bool
+) -> None:
     """Make the source read-only, drain the stream, verify, raise AUTO_INCREMENTs and promote the target.
 
     At promotion the source's triggers on replicated tables move to the target (saved and dropped on the source).
@@ -266,7 +276,11 @@ def cutover(config_path: str, app_users: tuple[str, ...], timeout_seconds: float
     logmod.configure(cfg.log)
     result = _guard(
         lambda: run_cutover(
-            cfg, app_users=list(app_users), timeout_seconds=timeout_seconds, announce=lambda m: click.echo(m, err=True)
+            cfg,
+            app_users=list(app_users),
+            timeout_seconds=timeout_seconds,
+            announce=lambda m: click.echo(m, err=True),
+            verify_budget_seconds=verify_budget_seconds,
         )
     )
     if as_json:

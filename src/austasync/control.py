@@ -33,7 +33,7 @@ class Request:
 class Control:
     """The mailbox between HTTP handlers and the loop."""
 
-    COMMANDS = ("barrier/pause", "barrier/advance", "barrier/release", "repair")
+    COMMANDS = ("barrier/pause", "barrier/advance", "barrier/release", "repair", "verify/written")
 
     def __init__(self) -> None:
         self.requests: queue.Queue[Request] = queue.Queue()

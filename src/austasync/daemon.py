@@ -823,6 +823,9 @@ class Daemon:
         if request.command == "repair":
             self._repair(request, applier, reader)
             return
+        if request.command == "verify/written":
+            request.answer(200, self.scheduler.written_since_baseline())
+            return
         if request.command != "barrier/pause":
             request.answer(409, {"error": "the applier is not paused; POST /control/barrier/pause first"})
             return

@@ -104,6 +104,7 @@ def gate_summary(result: Result, finished_at: float) -> dict[str, Any]:
         "tables": {str(t.table): len(t.differences) for t in result.tables},
         "aligned": result.aligned,
         "source_position": str(result.source_position) if result.source_position else None,
+        "duration_seconds": round(result.duration_seconds, 3),
         "by": "austasync verify",
     }
 

@@ -17,7 +17,7 @@ from austasync.config import Config
 from austasync.control import Control
 from austasync.errors import AustasyncError, UnavailableError
 from austasync.position import Position
-from austasync.touched import TouchedKeys
+from austasync.touched import Touched, TouchedKeys
 from austasync.verifier import Result, verify
 
 
@@ -69,6 +69,9 @@ class VerificationScheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        # when the written-keys set last started afresh at the start of a full pass that then came out clean, with
+        # every written-keys pass since clean too: the set plus that pass prove the tables equal (cutover uses it)
+        self.baseline: float | None = None
 
     def start_when_copied(self) -> None:
         if self._thread is None and self.config.verify.interval_seconds > 0:
@@ -106,21 +109,24 @@ class VerificationScheduler:
     def _full_pass(self, first: bool) -> bool:
         """A full verification; False when it could not complete."""
         started = self.clock()
-        if self.touched is not None:
-            self.touched.take()  # what was written so far is covered by this pass
+        taken = self.touched.take() if self.touched is not None else None  # covered by this pass from now on
+        fresh = self.touched.since if self.touched is not None else None
         # the first pass at full speed: a fresh deployment is not ready until it is done
         pace = 1.0 if first else self.config.verify.pace
         try:
             result = self.run_verification(self.config, self.aligner, pace=pace, sleep=self._stop.wait)
         except (AustasyncError, OSError) as exc:
+            self._restore(taken)
             self.last_error = str(exc)
             self.log.warning("scheduled verification could not complete; retrying later", error=str(exc)[:500])
             return False
         except Exception as exc:  # noqa: BLE001 (a verifier bug must not stop replication; it is logged)
+            self._restore(taken)
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.log.error("scheduled verification failed", error=self.last_error[:500])
             return False
         self.last_error = None
+        self.baseline = fresh if result.consistent else None
         self.on_result(result)
         self.log.info(
             "scheduled verification done",
@@ -129,6 +135,21 @@ class VerificationScheduler:
             seconds=round(self.clock() - started, 1),
         )
         return True
+
+    def _restore(self, taken: Touched | None) -> None:
+        if self.touched is not None and taken is not None:
+            self.touched.restore(taken)  # a failed pass proves nothing: its keys wait for the next
+
+    def written_since_baseline(self) -> dict[str, Any]:
+        """What a final check must cover beyond the last clean full pass (``baseline`` None: it must be full)."""
+        touched = self.touched.peek() if self.touched is not None else None
+        if self.baseline is None or touched is None:
+            return {"baseline": None}
+        return {
+            "baseline": self.baseline,
+            "keys": {f"{db}.{name}": sorted(list(k) for k in keys) for (db, name), keys in touched.keys.items()},
+            "whole": sorted(f"{db}.{name}" for db, name in touched.whole),
+        }
 
     def _touched_pass(self) -> None:
         """The keys written since the last pass, at an aligned point. Drift found is published (the gate closes);
@@ -148,6 +169,7 @@ class VerificationScheduler:
             self.log.warning("check of the written keys could not complete; retrying later", error=str(exc)[:500])
             return
         if result.differs:
+            self.baseline = None
             self.on_result(result)
         self.log.info(
             "written keys verified",

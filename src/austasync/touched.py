@@ -76,6 +76,20 @@ class TouchedKeys:
             self._keys, self._whole, self._count, self._since = {}, set(), 0, self._clock()
         return taken
 
+    def peek(self) -> Touched:
+        """Everything recorded so far, left in place."""
+        with self._lock:
+            return Touched(
+                keys={t: frozenset(k) for t, k in self._keys.items() if k},
+                whole=frozenset(self._whole),
+                since=self._since,
+            )
+
+    @property
+    def since(self) -> float:
+        """When recording started afresh (the last :meth:`take`)."""
+        return self._since
+
     def restore(self, taken: Touched) -> None:
         """Put back what a pass took but could not check, so the next one checks it."""
         for table, keys in taken.keys.items():

@@ -99,6 +99,21 @@ class NoDaemonAligner:
         return None
 
 
+def control_url(config: Config, status: dict[str, Any] | None) -> str:
+    """The daemon's control address: what it published (``http_listen``), else ``[http] listen``."""
+    listen = str((status or {}).get("http_listen") or config.http.listen)
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) == 0:
+        raise UnavailableError(
+            f"a daemon holds the lease of migration {config.replication.name!r} but its control address is not"
+            f" known ({listen!r}); set [http] listen to a fixed port"
+        )
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (a wildcard listen address is reached on loopback)
+        host = "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
 class HttpAligner:
     """The daemon's control interface on its ``[http] listen`` address (it auto-releases after 10 s).
 
@@ -138,6 +153,11 @@ class HttpAligner:
             return self._post("repair", {"tables": tables})
         finally:
             self.timeout = previous
+
+    def written(self) -> dict[str, Any]:
+        """``POST /control/verify/written``: the keys written since the daemon's last clean full pass (see
+        :meth:`austasync.scheduler.VerificationScheduler.written_since_baseline`)."""
+        return self._post("verify/written", None)
 
     def _post(self, action: str, body: dict[str, Any] | None) -> dict[str, Any]:
         url = f"{self.base_url}/control/{action}"

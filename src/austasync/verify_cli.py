@@ -21,10 +21,10 @@ import redis
 from austasync import config as configmod
 from austasync import log as logmod
 from austasync import repair as repairmod
-from austasync.errors import AustasyncError, ConfigError, UnavailableError
+from austasync.errors import AustasyncError, ConfigError
 from austasync.mirror import Mirror
 from austasync.reports import document, gate_summary, write_report
-from austasync.verifier import Aligner, HttpAligner, NoDaemonAligner, Result, TableResult
+from austasync.verifier import Aligner, HttpAligner, NoDaemonAligner, Result, TableResult, control_url
 from austasync.verifier import verify as run_verify
 
 EXIT_CONSISTENT = 0
@@ -50,21 +50,6 @@ def _guarded(func: Callable[[], int]) -> int:
         _fail(f"a database query failed: {detail}", EXIT_INCOMPLETE)
     except redis.RedisError as exc:
         _fail(f"Redis failed: {type(exc).__name__}", EXIT_INCOMPLETE)
-
-
-def control_url(config: configmod.Config, status: dict[str, Any] | None) -> str:
-    """The daemon's control address: what it published (``http_listen``), else ``[http] listen``."""
-    listen = str((status or {}).get("http_listen") or config.http.listen)
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not port.isdigit() or int(port) == 0:
-        raise UnavailableError(
-            f"a daemon holds the lease of migration {config.replication.name!r} but its control address is not"
-            f" known ({listen!r}); set [http] listen to a fixed port"
-        )
-    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (a wildcard listen address is reached on loopback)
-        host = "127.0.0.1"
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 def choose_aligner(config: configmod.Config) -> tuple[Aligner, bool]:
