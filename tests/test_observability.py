@@ -285,3 +285,28 @@ def test_status_shows_phase_progress_verification_and_holder_without_secrets(env
     for secret in ("repl-secret-pw", "target-secret-pw"):
         assert secret not in out
         assert secret not in env.run_cli("status", "--json").stdout
+
+
+def test_a_foreign_xa_transaction_on_the_target_is_detected(env: Env) -> None:
+    """A prepared XA transaction's rows end at its XA PREPARE; they must not ride along with the next transaction,
+    which is austasync's own (it touches the state schema) and would hide them."""
+    start(env)
+    conn = env.target.connect()
+    try:
+        with conn.cursor() as cur:
+            for statement in (
+                "XA START 'foreign'",
+                f"UPDATE {env.db}.t SET v = 'xa' WHERE id = 7",
+                "XA END 'foreign'",
+                "XA PREPARE 'foreign'",
+                "XA COMMIT 'foreign'",
+            ):
+                cur.execute(statement)
+    finally:
+        conn.close()
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'ours' WHERE id = 8")  # austasync's next transaction
+    env.wait_caught_up()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not foreign_writes(env):
+        time.sleep(0.3)
+    assert foreign_writes(env) == {f"{env.db}.t": 1}

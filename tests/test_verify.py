@@ -599,3 +599,23 @@ def test_the_daemon_checks_the_keys_it_wrote_between_full_passes(env: Env) -> No
         time.sleep(0.2)
     line = next(x for x in env.daemon_log().splitlines() if "written keys verified" in x)
     assert json.loads(line)["keys"] == 10 and json.loads(line)["consistent"] is True, line
+
+
+def test_keys_a_running_pass_took_still_count_for_a_final_check_until_it_ends_clean(copied: Env) -> None:
+    """A cutover asking while a pass runs must still get the keys that pass took: they are not proven yet."""
+    config = configmod.load(copied.config_path)
+    touched = TouchedKeys()
+    touched.add((copied.db, "t_repair"), [("10",)])
+    seen: list[dict[str, Any]] = []
+
+    def run(config: configmod.Config, _aligner: object, *args: Any, **kwargs: Any) -> verifier.Result:
+        seen.append(scheduler.written_since_baseline())  # what a cutover would get right now
+        return verifier.verify(config, verifier.NoDaemonAligner(), *args, **kwargs)
+
+    scheduler = VerificationScheduler(config, Control(), lambda _result: None, touched=touched, run=run)
+    scheduler.baseline = 1.0  # a clean full pass happened
+    scheduler._touched_pass()
+    assert seen == [{"baseline": 1.0, "keys": {f"{copied.db}.t_repair": [["10"]]}, "whole": []}]
+    assert scheduler.written_since_baseline() == {"baseline": 1.0, "keys": {}, "whole": []}  # checked clean
+    scheduler.invalidate("a test")
+    assert scheduler.written_since_baseline() == {"baseline": None}

@@ -622,6 +622,8 @@ class Applier:
                 for key in keys[start : start + MAX_KEYS_PER_DELETE]
             ]
             deleted += self._execute(f"DELETE FROM {plan.target} WHERE {in_list(table.key, batch)}", plan)
+            if self.touched is not None:
+                self.touched.add(table.id, [tuple(k) for k in batch])  # checked again like the stream's writes
         writable = table.writable
         self._insert(
             plan,

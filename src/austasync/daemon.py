@@ -705,6 +705,7 @@ class Daemon:
         policy = self.config.replication.on_ddl
         if policy == "ignore":
             self.log.warning("DDL ignored by policy", statement=text[:500], position=str(event.position))
+            self.scheduler.invalidate("a DDL was ignored by policy")
             applier.boundary(event.position)
             return
         self._commit(applier)
@@ -824,6 +825,8 @@ class Daemon:
             self._repair(request, applier, reader)
             return
         if request.command == "verify/written":
+            if self.telemetry.foreign_writes:
+                self.scheduler.invalidate(f"{self.telemetry.foreign_writes} foreign row events on the target")
             request.answer(200, self.scheduler.written_since_baseline())
             return
         if request.command != "barrier/pause":
@@ -863,28 +866,50 @@ class Daemon:
             request.answer(400, {"error": str(exc)})
             return
         self._commit(applier)
-        snapshot = SnapshotReader(self.config.source)
         try:
+            snapshot = SnapshotReader(self.config.source)
             position = snapshot.open_snapshot([tables[name] for name in wanted])
+        except (UnavailableError, pymysql.err.MySQLError) as exc:
+            request.answer(503, {"error": f"cannot open a source snapshot for the repair: {exc}"})
+            return
+        try:
+            # the stream's own errors (a DDL stop, drift, a value it cannot carry) are not the repair's: they
+            # propagate and stop the pipeline at its checkpoint, as anywhere else
             if not self._advance_to(position, applier, reader, deadline=self.clock() + AUTO_RELEASE_SECONDS):
                 request.answer(503, {"error": f"the stream did not reach {position} in time, or stopping; try again"})
                 return
-            done = {}
+            done = self._replace_keys(request, applier, snapshot, tables, wanted)
+        finally:
+            snapshot.close()
+        if done is not None:
+            self.log.info("repaired keys at the barrier", position=str(position), tables=done)
+            request.answer(200, {"position": str(position), "tables": done})
+
+    def _replace_keys(
+        self,
+        request: Request,
+        applier: Applier,
+        snapshot: SnapshotReader,
+        tables: dict[str, Table],
+        wanted: dict[str, list[tuple[bytes, ...]]],
+    ) -> dict[str, dict[str, int]] | None:
+        """The repair's own writes, in one fenced transaction; on failure only they are rolled back (the stream
+        was committed at the snapshot's position just before), and the request says why."""
+        done = {}
+        try:
             for name, keys in wanted.items():
                 rows = repairmod.source_rows(snapshot, tables[name], keys)
                 deleted = applier.replace_keys(tables[name], keys, rows)
                 done[name] = {"keys": len(keys), "rows_deleted": deleted, "rows_written": len(rows)}
             applier.commit()
+        except FencedError:
+            raise
         except (AustasyncError, pymysql.err.MySQLError) as exc:
             applier.rollback()
             self.log.error("repair failed; nothing of it was written", error=str(exc))
             request.answer(500, {"error": f"repair failed, nothing written: {exc}"})
-            return
-        finally:
-            snapshot.close()
-        self.log.info("repaired keys at the barrier", position=str(position), tables=done)
-        request.answer(200, {"position": str(position), "tables": done})
-
+            return None
+        return done
     def _barrier_advance(self, request: Request, applier: Applier, reader: BinlogReader) -> None:
         try:
             target = Position.parse(str(request.body.get("position", "")))
@@ -896,8 +921,9 @@ class Daemon:
             return
         try:
             reached = self._advance_to(target, applier, reader, deadline=self.clock() + AUTO_RELEASE_SECONDS)
-        except UncarryableValueError as exc:
+        except PassedPosition as exc:
             # a position that is no transaction boundary: the caller's mistake, not a reason to stop replicating
+            # (the events read on the way are applied as usual). Any other error is the stream's: it propagates
             request.answer(409, {"error": str(exc)})
             return
         if reached:
@@ -1072,7 +1098,7 @@ class Daemon:
             if self._batch_full(applier):
                 self._commit(applier)
         if applier.position != position:
-            raise UncarryableValueError(
+            raise PassedPosition(
                 f"the stream passed the snapshot position {position} without stopping on it (now at"
                 f" {applier.position}); refusing to copy a chunk at the wrong point"
             )
@@ -1131,6 +1157,10 @@ class Daemon:
             self.metrics.set_throttle(reason)
         throttle.active = bool(reason)
         throttle.reason = reason
+
+
+class PassedPosition(UncarryableValueError):
+    """The stream went past a requested position without stopping on it: it is no transaction boundary."""
 
 
 def _skip_binlog(conn: Connection) -> None:

@@ -103,11 +103,12 @@ class DriverConnection(pymysql.connections.Connection):
             self._local_name, self._local_data = b"", None
 
     def _read_query_result(self, unbuffered: bool = False) -> int:
-        if unbuffered:
-            return super()._read_query_result(unbuffered)  # type: ignore[misc,no-any-return]  # (private)
         self._result = None
-        result = _MemoryFileResult(self)
-        result.read()
+        result = _MemoryFileResult(self)  # unbuffered too: no path may serve a file from disk
+        if unbuffered:
+            result.init_unbuffered_query()
+        else:
+            result.read()
         self._result = result
         if result.server_status is not None:
             self.server_status = result.server_status

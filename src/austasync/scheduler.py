@@ -72,6 +72,8 @@ class VerificationScheduler:
         # when the written-keys set last started afresh at the start of a full pass that then came out clean, with
         # every written-keys pass since clean too: the set plus that pass prove the tables equal (cutover uses it)
         self.baseline: float | None = None
+        # the keys a running pass took: not proven yet, so still part of what a final check must cover
+        self._in_flight: Touched | None = None
 
     def start_when_copied(self) -> None:
         if self._thread is None and self.config.verify.interval_seconds > 0:
@@ -111,6 +113,13 @@ class VerificationScheduler:
         started = self.clock()
         taken = self.touched.take() if self.touched is not None else None  # covered by this pass from now on
         fresh = self.touched.since if self.touched is not None else None
+        self._in_flight = taken
+        try:
+            return self._run_full_pass(first, started, taken, fresh)
+        finally:
+            self._in_flight = None
+
+    def _run_full_pass(self, first: bool, started: float, taken: Touched | None, fresh: float | None) -> bool:
         # the first pass at full speed: a fresh deployment is not ready until it is done
         pace = 1.0 if first else self.config.verify.pace
         try:
@@ -136,17 +145,25 @@ class VerificationScheduler:
         )
         return True
 
+    def invalidate(self, why: str) -> None:
+        """Something wrote to the target besides the stream's recorded keys: only a new clean full pass proves
+        equality again."""
+        if self.baseline is not None:
+            self.log.warning("written keys no longer cover the changes; the next full pass is needed", reason=why)
+        self.baseline = None
+
     def _restore(self, taken: Touched | None) -> None:
         if self.touched is not None and taken is not None:
             self.touched.restore(taken)  # a failed pass proves nothing: its keys wait for the next
 
     def written_since_baseline(self) -> dict[str, Any]:
         """What a final check must cover beyond the last clean full pass (``baseline`` None: it must be full)."""
-        touched = self.touched.peek() if self.touched is not None else None
-        if self.baseline is None or touched is None:
+        baseline, in_flight = self.baseline, self._in_flight
+        touched = self.touched.peek().union(in_flight) if self.touched is not None else None
+        if baseline is None or touched is None:
             return {"baseline": None}
         return {
-            "baseline": self.baseline,
+            "baseline": baseline,
             "keys": {f"{db}.{name}": sorted(list(k) for k in keys) for (db, name), keys in touched.keys.items()},
             "whole": sorted(f"{db}.{name}" for db, name in touched.whole),
         }
@@ -160,6 +177,7 @@ class VerificationScheduler:
             return
         keys = {f"{db}.{name}": k for (db, name), k in taken.keys.items()}
         only = sorted(set(keys) | {f"{db}.{name}" for db, name in taken.whole})
+        self._in_flight = taken
         try:
             result = self.run_verification(
                 self.config, self.aligner, only, pace=self.config.verify.pace, sleep=self._stop.wait, keys=keys
@@ -168,6 +186,8 @@ class VerificationScheduler:
             self.touched.restore(taken)
             self.log.warning("check of the written keys could not complete; retrying later", error=str(exc)[:500])
             return
+        finally:
+            self._in_flight = None
         if result.differs:
             self.baseline = None
             self.on_result(result)

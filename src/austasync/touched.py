@@ -35,6 +35,16 @@ class Touched:
     def key_count(self) -> int:
         return sum(len(k) for k in self.keys.values())
 
+    def union(self, other: Touched | None) -> Touched:
+        """Both sets together (the older ``since``); a table whole in either is whole."""
+        if other is None:
+            return self
+        whole = self.whole | other.whole
+        keys: dict[TableId, frozenset[KeyLiterals]] = {}
+        for table in (set(self.keys) | set(other.keys)) - whole:
+            keys[table] = self.keys.get(table, frozenset()) | other.keys.get(table, frozenset())
+        return Touched(keys=keys, whole=whole, since=min(self.since, other.since))
+
 
 class TouchedKeys:
     """Thread-safe: the applier's writer thread records, the verification thread takes."""

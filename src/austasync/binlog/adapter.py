@@ -140,6 +140,9 @@ _READ_SIZE = 1 << 20  # bytes asked of the socket per read while catching up
 _MAX_PACKET = 0xFFFFFF  # a payload this long continues in the next packet
 _TABLE_MAP, _XID, _QUERY, _ROTATE, _FORMAT_DESCRIPTION, _MARIADB_GTID = 19, 16, 2, 4, 15, 162
 _PARTIAL_UPDATE_ROWS = 39
+_XA_PREPARE = 38
+_GTID_EVENTS = {33, 34, 162}  # MySQL GTID and anonymous GTID, MariaDB GTID: each starts a transaction group
+_UNREADABLE = {40, 165, 166, 167, 168, 169, 170, 171}  # compressed events: the watcher cannot name their tables
 _HEADER = struct.Struct("<IBIII").unpack_from  # timestamp, type, server id, event size, next position
 _U16 = struct.Struct("<H").unpack_from
 _TABLE_ID = struct.Struct("<IH").unpack_from  # 6 bytes, little-endian
@@ -1073,7 +1076,7 @@ class TargetWriteWatcher:
                 continue
             ts, etype, _, _, log_pos = _HEADER(b, 1)
             body, body_end = 20, len(b) - checksum
-            if etype in _ROWS_EVENTS:
+            if etype in _ROWS_EVENTS or etype == _PARTIAL_UPDATE_ROWS:
                 low, high = _TABLE_ID(b, body)
                 schema, table = names.get(low | high << 32, ("", ""))
                 if schema == self.state_schema:
@@ -1084,9 +1087,17 @@ class TargetWriteWatcher:
             elif etype == _TABLE_MAP:
                 low, high = _TABLE_ID(b, body)
                 names[low | high << 32] = _map_names(b, body + lib.post_header(_TABLE_MAP, 8))
-            elif etype == _XID:
+            elif etype in (_XID, _XA_PREPARE) or (etype in _GTID_EVENTS and touched):
+                # a prepared XA transaction ends its rows here; a new transaction's GTID ends whatever came before
+                # without an end this loop knows (so it cannot ride along with austasync's next transaction)
                 self._transaction_end(touched, marked, Position(stream.log_file, log_pos))
                 touched, marked = {}, False
+            elif etype in _UNREADABLE:
+                raise UncarryableValueError(
+                    f"the target's binlog holds {_EVENT_NAMES.get(etype, etype)} events, whose rows this watcher"
+                    " cannot see, so foreign writes cannot be ruled out: turn binlog compression off on the target"
+                    " (MariaDB log_bin_compress, MySQL binlog_transaction_compression)"
+                )
             elif etype == _QUERY:
                 text = _query_text(b, body, body_end, lib).decode("utf-8", "replace").strip()
                 if text.upper() == "COMMIT":
