@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from austasync.errors import ConfigError
 from austasync.secrets import FileSource, SecretSource, parse_reference
@@ -99,6 +99,10 @@ class Secret:
         return self
 
 
+TlsMode = Literal["preferred", "required", "verify_ca", "verify_identity", "disabled"]
+TLS_MODES: tuple[str, ...] = ("preferred", "required", "verify_ca", "verify_identity", "disabled")
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     host: str = "127.0.0.1"
@@ -106,6 +110,11 @@ class DatabaseConfig:
     user: str = "root"
     password: Secret = field(default_factory=lambda: Secret(""))
     connect_timeout_seconds: float = 10.0
+    # "preferred": encrypted when the server offers it, unverified (the MySQL clients' default); "required":
+    # encrypted or refused; "verify_ca": and the server's certificate signed by tls_ca (or the system's CAs);
+    # "verify_identity": and issued for ``host``; "disabled"
+    tls: TlsMode = "preferred"
+    tls_ca: str | None = None
 
     def describe(self) -> str:
         """``user@host:port`` for messages; never the password."""
@@ -350,7 +359,25 @@ def _database(section: _Section, base_dir: Path | None, default_port: int) -> Da
         user=section.get("user", _str, "root"),
         password=_password(section, base_dir),
         connect_timeout_seconds=section.get("connect_timeout_seconds", _float, 10.0),
+        tls=section.get("tls", _tls_mode, "preferred"),
+        tls_ca=_tls_ca(section, base_dir),
     )
+
+
+def _tls_mode(value: Any, where: str) -> TlsMode:
+    if value not in TLS_MODES:
+        raise ConfigError(f"{where} must be one of {', '.join(TLS_MODES)}, got {value!r}")
+    return cast(TlsMode, value)
+
+
+def _tls_ca(section: _Section, base_dir: Path | None) -> str | None:
+    path = section.get("tls_ca", _str, None)
+    if path is None:
+        return None
+    resolved = Path(path) if Path(path).is_absolute() or base_dir is None else base_dir / path
+    if not resolved.is_file():
+        raise ConfigError(f"[{section.name}] tls_ca {str(resolved)!r} is not a readable file (a PEM CA bundle)")
+    return str(resolved)
 
 
 def _rename(value: Any, where: str) -> dict[str, str]:

@@ -47,6 +47,7 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
         "connect_timeout": cfg.connect_timeout_seconds,
         "binary_prefix": True,
         "local_infile": True,  # served from memory only (DriverConnection): the copy's LOAD DATA chunks
+        **tls_options(cfg),
     }
     if raw:
         # no decoders: every value arrives as the server's bytes (None for NULL) and is written back as such
@@ -59,7 +60,9 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
         denied = bool(exc.args) and exc.args[0] in ACCESS_DENIED
         # a rotated password: fetch it again from its source (file, credential, AWS) and try once more
         if not (denied and cfg.password.refresh()):
-            raise UnavailableError(f"cannot connect to the {role} ({cfg.describe()}): {_message(exc)}") from None
+            raise UnavailableError(
+                f"cannot connect to the {role} ({cfg.describe()}): {_message(exc)}{_tls_hint(cfg, denied)}"
+            ) from None
     kwargs["password"] = cfg.password.reveal()
     try:
         return DriverConnection(**kwargs)
@@ -68,6 +71,13 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
             f"cannot connect to the {role} ({cfg.describe()}) with the password fetched again from"
             f" {cfg.password.source}: {_message(exc)}"
         ) from None
+
+
+def _tls_hint(cfg: DatabaseConfig, denied: bool) -> str:
+    # MariaDB answers an unencrypted connection to a server with require_secure_transport by "access denied"
+    if denied and cfg.tls == "disabled":
+        return ". If the server requires encrypted connections (require_secure_transport), set tls (not disabled)"
+    return ""
 
 
 class DriverConnection(pymysql.connections.Connection):
@@ -130,6 +140,28 @@ class _MemoryFileResult(pymysql.connections.MySQLResult):
         if not ok_packet.is_ok_packet():
             raise pymysql.err.OperationalError(2014, "Commands out of sync after LOAD DATA LOCAL")
         self._read_ok_packet(ok_packet)  # type: ignore[attr-defined]  # (private: not in the stubs)
+
+
+def tls_options(cfg: DatabaseConfig) -> dict[str, Any]:
+    """PyMySQL's connection options for the configured TLS mode (the binlog connections take them too)."""
+    if cfg.tls == "disabled":
+        return {"ssl_disabled": True}
+    if cfg.tls == "preferred":
+        return {}  # DriverConnection shares one context for PyMySQL's opportunistic TLS
+    return {"ssl": _tls_context(cfg.tls, cfg.tls_ca)}
+
+
+@functools.cache
+def _tls_context(mode: str, ca: str | None) -> ssl.SSLContext:
+    """One context per (mode, CA) for the process: building one loads the CA store."""
+    ctx = ssl.create_default_context(cafile=ca)
+    if mode == "required":
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif mode == "verify_ca":
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx  # verify_identity: the default context checks the chain and the host name
 
 
 @functools.cache

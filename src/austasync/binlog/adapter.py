@@ -66,7 +66,7 @@ from austasync.binlog.rowcodec import ROWS_EVENTS as _ROWS_EVENTS
 from austasync.binlog.rowcodec import ROWS_V2 as _ROWS_V2
 from austasync.binlog.rowcodec import ColumnSpec, RowsDecoder, ValueStop, first_absent, read_lenenc
 from austasync.config import DatabaseConfig
-from austasync.db import DriverConnection
+from austasync.db import DriverConnection, tls_options
 from austasync.errors import UnavailableError, UncarryableValueError
 from austasync.events import (
     Begin,
@@ -418,6 +418,7 @@ class BinlogReader:
             "passwd": source.password.reveal(),
             "connect_timeout": source.connect_timeout_seconds,
             "read_timeout": read_timeout_seconds,
+            **tls_options(source),
         }
         self._server_id = server_id
         self._heartbeat = heartbeat_seconds
@@ -1001,6 +1002,7 @@ class TargetWriteWatcher:
             "passwd": target.password.reveal(),
             "connect_timeout": target.connect_timeout_seconds,
             "read_timeout": max(30.0, heartbeat_seconds * 4),
+            **tls_options(target),
         }
         self._server_id = server_id
         self.position = start
