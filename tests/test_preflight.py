@@ -94,6 +94,7 @@ def test_a_correct_set_up_passes_and_shows_no_secret(env: Env) -> None:
         "source.tables",
         "source.foreign_keys",
         "target.connect",
+        "target.compression",
         "target.binlog",
         "target.grants",
         "target.tables",
@@ -114,7 +115,9 @@ def test_a_correct_set_up_passes_and_shows_no_secret(env: Env) -> None:
     # the read-only source user cannot see triggers: fine for streaming, and cutover says what it needs
     assert by_id["source.triggers"]["status"] == "info"
     assert "GRANT TRIGGER" in by_id["source.triggers"]["fix"]
-    assert re.search(r"^preflight: 0 fail, 1 warn, \d+ pass, 2 info; ready to run$", text.stdout, re.MULTILINE)
+    # loopback connections without TLS are info, not a warning
+    assert by_id["source.tls"]["status"] == by_id["target.tls"]["status"] == "info"
+    assert re.search(r"^preflight: 0 fail, 1 warn, \d+ pass, 4 info; ready to run$", text.stdout, re.MULTILINE)
     for output in (result.stdout, text.stdout, text.stderr):
         assert "repl-secret-pw" not in output
         assert "target-secret-pw" not in output
@@ -132,6 +135,7 @@ def test_a_correct_set_up_passes_and_shows_no_secret(env: Env) -> None:
         ("source", ("--binlog-row-metadata=MINIMAL",), "source.settings", "binlog_row_metadata is MINIMAL"),
         ("source", ("--log-bin-compress=ON",), "source.compression", "log_bin_compress=ON"),
         ("target", ("--skip-log-bin",), "target.binlog", "the target's binlog is off"),
+        ("target", ("--log-bin-compress=ON",), "target.compression", "drift would go unnoticed"),
     ],
 )
 def test_each_server_misconfiguration_fails(

@@ -173,22 +173,46 @@ def check_settings(conn: Connection) -> Check:
     )
 
 
-def check_compression(conn: Connection) -> Check:
-    """Compressed binlog events (MariaDB) and compressed transactions (MySQL 8.0.20+) cannot be decoded."""
+def check_compression(conn: Connection, side: str = "source") -> Check:
+    """Compressed binlog events (MariaDB) and compressed transactions (MySQL 8.0.20+) cannot be decoded: on the
+    source the stream would stop, on the target foreign writes could not be seen."""
     found = []
     for name in ("log_bin_compress", "binlog_transaction_compression"):
         value = variable(conn, name)
         if value is not None and value.upper() in ("ON", "1"):
             found.append(name)
     if found:
-        return Check(
-            "source.compression",
-            "fail",
-            "the source compresses its binlog: " + ", ".join(f"{n}=ON" for n in found),
-            ("the binlog reader cannot decode compressed events; `run` would stop with exit 12 at the first one",),
-            "set " + ", ".join(f"{n}=OFF" for n in found) + " on the source (SET GLOBAL and in my.cnf)",
+        why = (
+            "the binlog reader cannot decode compressed events; `run` would stop with exit 12 at the first one"
+            if side == "source"
+            else "the target-write watcher cannot see the tables of compressed events: drift would go unnoticed"
         )
-    return Check("source.compression", "pass", "binlog events and transactions are not compressed")
+        return Check(
+            f"{side}.compression",
+            "fail",
+            f"the {side} compresses its binlog: " + ", ".join(f"{n}=ON" for n in found),
+            (why,),
+            "set " + ", ".join(f"{n}=OFF" for n in found) + f" on the {side} (SET GLOBAL and in my.cnf)",
+        )
+    return Check(f"{side}.compression", "pass", "binlog events and transactions are not compressed")
+
+
+def check_tls(conn: Connection, cfg: DatabaseConfig, side: str) -> Check:
+    """Whether the connection is encrypted; unencrypted traffic between hosts carries the patients' data."""
+    rows = query(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    cipher = rows[0][1] if rows else ""
+    cipher = cipher.decode() if isinstance(cipher, bytes) else str(cipher or "")
+    if cipher:
+        return Check(f"{side}.tls", "pass", f"connections to the {side} are encrypted ({cipher}, tls = {cfg.tls})")
+    if cfg.host in ("127.0.0.1", "localhost", "::1"):
+        return Check(f"{side}.tls", "info", f"connections to the {side} are not encrypted (loopback)")
+    return Check(
+        f"{side}.tls",
+        "warn",
+        f"connections to the {side} ({cfg.host}) are not encrypted",
+        ("rows, binlog events and passwords cross the network in clear",),
+        f"enable TLS on the {side} server and set [{side}] tls = \"verify_identity\" with tls_ca",
+    )
 
 
 def check_partial_json(conn: Connection) -> Check:
@@ -570,6 +594,7 @@ def check_target_server(conn: Connection) -> list[Check]:
                 "upgrade the target",
             )
         )
+    checks.append(check_compression(conn, "target"))
     log_bin = (variable(conn, "log_bin") or "OFF").upper()
     if log_bin != "ON":
         checks.append(
@@ -778,6 +803,7 @@ def run_preflight(config: Config, *, clock: Callable[[], float] = time.time) -> 
         tables: dict[TableId, Table] | None = None
         if source is not None:
             report.add(check_settings(source))
+            report.add(check_tls(source, config.source, "source"))
             report.add(check_compression(source))
             report.add(check_partial_json(source))
             report.add(check_retention(source, config))
@@ -785,6 +811,7 @@ def run_preflight(config: Config, *, clock: Callable[[], float] = time.time) -> 
             report.add(check_grants(source, "source", lambda f, v: source_needs(f, v, config.replication.databases)))
             tables, _ = check_tables(report, source, config)
         if target is not None:
+            report.add(check_tls(target, config.target, "target"))
             for check in check_target_server(target):
                 report.add(check)
             report.add(check_grants(target, "target", lambda f, _v: target_needs(config, f)))
