@@ -310,3 +310,21 @@ def test_a_foreign_xa_transaction_on_the_target_is_detected(env: Env) -> None:
     while time.monotonic() < deadline and not foreign_writes(env):
         time.sleep(0.3)
     assert foreign_writes(env) == {f"{env.db}.t": 1}
+
+
+def test_a_foreign_write_made_while_no_daemon_runs_is_detected_by_the_next(env: Env) -> None:
+    proc = start(env)
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'ours' WHERE id = 1")
+    env.wait_caught_up(proc=proc)
+    time.sleep(1.5)  # a status publish: where the watcher got to is in Redis
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    env.target.execute(f"UPDATE {env.db}.t SET v = 'meanwhile' WHERE id = 9")  # nobody watching
+    again = env.start_daemon()
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'ours again' WHERE id = 2")
+    env.wait_caught_up(proc=again)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not foreign_writes(env):
+        time.sleep(0.3)
+    assert foreign_writes(env) == {f"{env.db}.t": 1}
+    assert "from where the last daemon stopped" in env.daemon_log()

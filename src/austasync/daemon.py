@@ -34,6 +34,7 @@ from austasync.db import (
     setup_source_session,
     setup_target_session,
     status,
+    variable,
 )
 from austasync.errors import (
     AustasyncError,
@@ -201,6 +202,8 @@ class Daemon:
 
     def _run(self) -> None:
         self.mirror.ping()
+        with contextlib.suppress(Exception):  # no status in Redis: the watcher starts at the target's position
+            self.telemetry.watch_resume = (self.mirror.status() or {}).get("foreign_write_watch_position")
         source, tables, fks = self._load_source()
         self.telemetry.read_source_settings(source)
         self._acquire_lease()
@@ -372,10 +375,13 @@ class Daemon:
         if not rows:
             raise SetupError("the target's binlog is off; foreign writes cannot be detected. Set log_bin on the target")
         rep = self.config.replication
+        identity = f"{self.config.target.host}:{self.config.target.port} server_id {variable(admin, 'server_id')}"
+        start = self._watch_resume(admin, identity) or Position(str(rows[0][0]), int(rows[0][1]))
+        self.telemetry.watch_target = identity
         watcher = TargetWriteWatcher(
             self.config.target,
             rep.server_id,
-            Position(str(rows[0][0]), int(rows[0][1])),
+            start,
             {rep.target_db(db): db for db in rep.databases},
             rep.state_schema,
             self._foreign_write,
@@ -383,6 +389,27 @@ class Daemon:
         watcher.start()
         self.telemetry.watcher = watcher
         return watcher
+
+    def _watch_resume(self, admin: Connection, identity: str) -> Position | None:
+        """Where the last daemon's watcher stopped on this same target, if the target still has that binlog: the
+        writes made while no daemon ran are then checked too."""
+        saved = self.telemetry.watch_resume or {}
+        if saved.get("target") != identity or not saved.get("at"):
+            return None
+        try:
+            position = Position.parse(str(saved["at"]))
+        except ValueError:
+            return None
+        files = {str(row[0]) for row in query(admin, "SHOW BINARY LOGS")}
+        if position.file not in files:
+            self.log.warning(
+                "the target no longer has the binlog where the last watcher stopped; writes made meanwhile are"
+                " left to verify",
+                position=str(position),
+            )
+            return None
+        self.log.info("watching the target for foreign writes from where the last daemon stopped", at=str(position))
+        return position
 
     def _foreign_write(self, table: str, events: int, position: Position) -> None:
         """Called from the watcher thread for every transaction on the target that is not austasync's."""

@@ -55,6 +55,7 @@ def resolve_ddl(config: Config, action: str | None) -> str:
         state.save_position(conn, Position.parse(stop["end"]), 0, checkpoint.phase)
         state.save_stop(conn, None)
         query(conn, "COMMIT")
+        mirror.forget_watch_position()  # the DDL on the target (by hand or just now) is no foreign write
         done = "executed on the target and skipped" if action == "exec" else "skipped"
         return f"DDL {done}; the stream resumes at {stop['end']}. Start `austasync run` again"
     finally:

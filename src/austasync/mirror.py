@@ -132,6 +132,13 @@ class Mirror:
         """Drop the published status and verification (after a reset: they describe a copy that is gone)."""
         self.client.delete(self.key("status"), self.key("verify"))
 
+    def forget_watch_position(self) -> None:
+        """The next daemon's target-write watcher starts at the target's current position, not where the last one
+        stopped: what an operator did meanwhile on purpose (a DDL resolved by hand) is no foreign write."""
+        doc = self.status()
+        if doc and doc.pop("foreign_write_watch_position", None) is not None:
+            self.client.set(self.key("status"), json.dumps(doc, default=str))
+
     def verification(self) -> dict[str, Any] | None:
         raw = self.client.get(self.key("verify"))
         return json.loads(str(raw)) if raw else None

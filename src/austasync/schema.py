@@ -365,7 +365,10 @@ def ensure_target(
             (db,),
         )
         cs, coll = (str(charset[0][0]), str(charset[0][1])) if charset else ("utf8mb4", "utf8mb4_general_ci")
-        query(target, f"CREATE DATABASE IF NOT EXISTS {quote_ident(tdb)} CHARACTER SET {cs} COLLATE {coll}")
+        # only when missing: the statement is logged even when the database exists, and the target-write watcher
+        # resuming where the last daemon stopped would count it as someone else's DDL
+        if not query(target, "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (tdb,)):
+            query(target, f"CREATE DATABASE {quote_ident(tdb)} CHARACTER SET {cs} COLLATE {coll}")
     for table in tables.values():
         tdb = config.replication.target_db(table.db)
         existing = _shape(target, tdb, table.name)

@@ -51,6 +51,8 @@ class Telemetry:
     reader: BinlogReader | None = None
     watcher: TargetWriteWatcher | None = None
     watch_error: str | None = None
+    watch_target: str = ""  # which server the watcher reads (host:port and server_id): positions are per server
+    watch_resume: dict[str, Any] | None = None  # where the last daemon's watcher stopped, read at start
     source_head: Position | None = None
     binlog_files: list[tuple[str, int]] = field(default_factory=list)
     expire_seconds: float = math.inf
@@ -185,6 +187,12 @@ class Telemetry:
             "throttle": {"active": self.throttle.active, "reason": self.throttle.reason},
             "foreign_writes": self.foreign_writes,
             "foreign_write_watch": self._watch_state(),
+            # where the next daemon's watcher resumes, so writes made while none runs are seen too
+            "foreign_write_watch_position": (
+                {"at": str(self.watcher.position), "target": self.watch_target}
+                if self.watcher is not None
+                else self.watch_resume  # not watching (yet): keep the last daemon's point for the next one
+            ),
             "pending_stop": self.pending_stop,
             "holder": holder_name(),
             "http_listen": self.http_listen,
