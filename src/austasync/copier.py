@@ -30,7 +30,7 @@ from austasync.db import (
 )
 from austasync.errors import UnavailableError, UncarryableValueError
 from austasync.position import Position
-from austasync.schema import Column, Table
+from austasync.schema import SPATIAL_TYPES, Column, Table
 from austasync.sql import Kind, after_key, at_most_key, qualified, quote_ident, raw_literal, select_expr
 
 
@@ -118,18 +118,7 @@ def literal_expr(column: Column, for_load: bool = False) -> str:
 # text). Not BIT (a LOAD field is never a number for it), ENUM/SET (their index would be read as a label), the
 # fixed binary types (their text form would be taken as bytes), JSON (refuses binary text) and spatial types
 _LOADABLE = {Kind.INT, Kind.DECIMAL, Kind.FLOAT, Kind.DOUBLE, Kind.TEMPORAL, Kind.TEXT, Kind.BINARY}
-_NOT_LOADABLE_TYPES = {
-    "json",
-    "geometry",
-    "point",
-    "linestring",
-    "polygon",
-    "multipoint",
-    "multilinestring",
-    "multipolygon",
-    "geometrycollection",
-    "geomcollection",
-}
+_NOT_LOADABLE_TYPES = {"json", *SPATIAL_TYPES}
 
 
 def loadable(table: Table) -> bool:

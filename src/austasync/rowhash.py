@@ -52,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from austasync.errors import SetupError
-from austasync.schema import Column, Table
+from austasync.schema import SPATIAL_TYPES, Column, Table
 from austasync.sql import Kind, at_most_key, quote_ident, select_expr
 
 CRC = "crc32+crc32c"  # E built once, read back from a user variable
@@ -69,15 +69,7 @@ _LARGE = {
     "blob",
     "mediumblob",
     "longblob",
-    "geometry",
-    "point",
-    "linestring",
-    "polygon",
-    "multipoint",
-    "multilinestring",
-    "multipolygon",
-    "geometrycollection",
-    "geomcollection",
+    *SPATIAL_TYPES,
 }
 _STRINGS = {"enum", "set"}  # hashed by label: an index would hide a reordered definition (pitfall 34)
 _UTF8 = {"utf8mb4", "utf8mb3", "utf8", "ascii"}  # charsets whose bytes never include 0xFE or 0xFF

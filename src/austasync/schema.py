@@ -21,23 +21,20 @@ TableId = tuple[str, str]  # (database, table) on the source
 _INT_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 _TEMPORAL = {"date", "datetime", "timestamp", "time", "year"}
 _FIXEDBIN = {"uuid": 16, "inet6": 16, "inet4": 4}  # MariaDB types stored as fixed-length binary
-_BINARY = {
-    "binary",
-    "varbinary",
-    "tinyblob",
-    "blob",
-    "mediumblob",
-    "longblob",
-    "geometry",
-    "point",
-    "linestring",
-    "polygon",
-    "multipoint",
-    "multilinestring",
-    "multipolygon",
-    "geometrycollection",
-    "geomcollection",
-}
+SPATIAL_TYPES = frozenset(
+    {
+        "geometry",
+        "point",
+        "linestring",
+        "polygon",
+        "multipoint",
+        "multilinestring",
+        "multipolygon",
+        "geometrycollection",
+        "geomcollection",
+    }
+)
+_BINARY = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", *SPATIAL_TYPES}
 
 
 def column_kind(data_type: str, charset: str | None) -> Kind:
