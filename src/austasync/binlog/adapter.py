@@ -560,10 +560,8 @@ class BinlogReader:
                 b, buf, pos, seq = _read_packet(rfile, buf, pos, seq)
                 s, e = 0, len(b)
                 if b[0] != 0:
-                    if b[0] == 0xFF:
-                        pymysql.err.raise_mysql_exception(b)
-                    if b[0] == 0xFE and len(b) < 9:
-                        return  # end of the dump: the server closed the stream
+                    if _dump_ended(b):
+                        return
                     continue
                 ts, etype, _, size, log_pos = _HEADER(b, 1)
                 id_low, id_high = _TABLE_ID(b, 20) if len(b) >= 26 else (0, 0)
@@ -855,6 +853,14 @@ def _ensure(rfile: Any, buf: bytes, pos: int, need: int) -> tuple[bytes, int]:
     return b"".join(parts), 0
 
 
+def _dump_ended(b: bytes) -> bool:
+    """A dump packet that holds no event: the server's error is raised; True at the end of the dump (the server
+    closed the stream), False for anything else, which is skipped."""
+    if b[0] == 0xFF:
+        pymysql.err.raise_mysql_exception(b)
+    return b[0] == 0xFE and len(b) < 9
+
+
 def _read_packet(rfile: Any, buf: bytes, pos: int, seq: int) -> tuple[bytes, bytes, int, int]:
     """One whole packet's payload (joined across 16 MB continuation packets); the buffer, position and sequence."""
     parts = []
@@ -1071,10 +1077,8 @@ class TargetWriteWatcher:
         while not self._stop.is_set():
             b, buf, pos, seq = _read_packet(rfile, buf, pos, seq)
             if b[0] != 0:
-                if b[0] == 0xFF:
-                    pymysql.err.raise_mysql_exception(b)
-                if b[0] == 0xFE and len(b) < 9:
-                    return  # end of the dump: the server closed the stream
+                if _dump_ended(b):
+                    return
                 continue
             ts, etype, _, _, log_pos = _HEADER(b, 1)
             body, body_end = 20, len(b) - checksum
