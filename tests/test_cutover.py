@@ -43,6 +43,15 @@ def verified(env: Env) -> None:
     )
 
 
+def streaming_and_verified(env: Env) -> subprocess.Popen[bytes]:
+    """A daemon caught up and publishing (the gate reads its status), with a clean verification in Redis."""
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    time.sleep(1.5)
+    verified(env)
+    return proc
+
+
 class AppWriter(threading.Thread):
     def __init__(self, env: Env) -> None:
         super().__init__(daemon=True)
@@ -68,10 +77,7 @@ class AppWriter(threading.Thread):
 
 def test_cutover_under_writes_loses_nothing_and_promotes_the_target(cut: Env) -> None:
     env = cut
-    proc = env.start_daemon()
-    env.wait_caught_up(proc=proc)
-    time.sleep(1.5)
-    verified(env)
+    proc = streaming_and_verified(env)
     writer = AppWriter(env)
     writer.start()
     time.sleep(1)
@@ -110,10 +116,7 @@ def test_cutover_refuses_when_the_gate_is_not_ready_and_changes_nothing(cut: Env
 
 def test_a_cutover_that_fails_after_read_only_makes_the_source_writable_again(cut: Env) -> None:
     env = cut
-    proc = env.start_daemon()
-    env.wait_caught_up(proc=proc)
-    time.sleep(1.5)
-    verified(env)
+    proc = streaming_and_verified(env)
     proc.send_signal(signal.SIGSTOP)  # alive for a few more seconds, but it will not drain
     try:
         env.source.execute(f"INSERT INTO {env.db}.consents (patient) VALUES ('not yet applied')")
@@ -132,10 +135,7 @@ def test_an_application_user_that_can_bypass_read_only_is_refused(cut: Env) -> N
     env = cut
     app = f"app_{env.name[:20]}"
     env.source.execute(f"GRANT SUPER ON *.* TO '{app}'@'%'")
-    proc = env.start_daemon()
-    env.wait_caught_up(proc=proc)
-    time.sleep(1.5)
-    verified(env)
+    streaming_and_verified(env)
     result = env.run_cli("cutover", "--app-user", app, timeout=60)
     assert result.returncode == 1
     assert "can write through read_only" in result.stderr and app in result.stderr
@@ -144,10 +144,7 @@ def test_an_application_user_that_can_bypass_read_only_is_refused(cut: Env) -> N
 
 def test_after_cutover_the_reverse_stream_keeps_the_legacy_host_exact(cut: Env) -> None:
     env = cut
-    proc = env.start_daemon()
-    env.wait_caught_up(proc=proc)
-    time.sleep(1.5)
-    verified(env)
+    proc = streaming_and_verified(env)
     result = env.run_cli("cutover", "--app-user", f"app_{env.name[:20]}", timeout=120)
     assert result.returncode == 0, result.stderr
     proc.wait(30)
@@ -179,10 +176,7 @@ def test_after_cutover_the_reverse_stream_keeps_the_legacy_host_exact(cut: Env) 
 def test_a_full_rollback_round_trip_ends_with_both_sides_equal_and_the_legacy_host_writable(cut: Env) -> None:
     env = cut
     env.target.execute(f"CREATE USER IF NOT EXISTS 'app_{env.name[:20]}'@'%' IDENTIFIED BY 'app-pw'")
-    proc = env.start_daemon()
-    env.wait_caught_up(proc=proc)
-    time.sleep(1.5)
-    verified(env)
+    proc = streaming_and_verified(env)
     assert env.run_cli("cutover", "--app-user", f"app_{env.name[:20]}", timeout=120).returncode == 0
     proc.wait(30)
     reverse = env.start_daemon("--reverse")
@@ -226,10 +220,7 @@ def triggered(cut: Env) -> Iterator[Env]:
 
 
 def _cut_over(env: Env) -> tuple[subprocess.CompletedProcess[str], subprocess.Popen[bytes]]:
-    proc = env.start_daemon()
-    env.wait_caught_up(proc=proc)
-    time.sleep(1.5)
-    verified(env)
+    proc = streaming_and_verified(env)
     assert show_triggers(env.target, env.db) == []  # none on the replica while it streams
     return env.run_cli("cutover", "--app-user", f"app_{env.name[:20]}", "--json", timeout=120), proc
 
@@ -322,10 +313,7 @@ def test_rollback_gives_the_legacy_host_its_triggers_back_and_leaves_the_new_sid
 def test_a_cutover_that_fails_before_promotion_leaves_the_triggers_where_they_were(triggered: Env) -> None:
     env = triggered
     originals = show_triggers(env.source, env.db)
-    proc = env.start_daemon()
-    env.wait_caught_up(proc=proc)
-    time.sleep(1.5)
-    verified(env)
+    proc = streaming_and_verified(env)
     proc.send_signal(signal.SIGSTOP)  # it will not drain: the cutover fails after read_only, before promotion
     try:
         env.source.execute(f"INSERT INTO {env.db}.docs (title) VALUES ('not yet applied')")

@@ -7,6 +7,7 @@ pass. The two-row pitfalls also show pt-table-checksum's CRC32 + BIT_XOR missing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -439,7 +440,8 @@ def _writer(env: Env, stop: threading.Event, errors: list[BaseException]) -> Non
         conn.close()
 
 
-def test_aligned_verifications_while_the_source_takes_writes(env: Env) -> None:
+def _streaming_hot_table(env: Env) -> subprocess.Popen[bytes]:
+    """A daemon caught up on a 400-row table ``hot``, its control interface on a fixed port."""
     env.extra["http"] = {"listen": f"127.0.0.1:{free_port()}"}
     env.source.execute(
         f"USE {env.db}",
@@ -448,10 +450,25 @@ def test_aligned_verifications_while_the_source_takes_writes(env: Env) -> None:
     )
     proc = env.start_daemon()
     env.wait_caught_up(proc=proc)
+    return proc
+
+
+@contextlib.contextmanager
+def _source_writer(env: Env) -> Iterator[list[BaseException]]:
+    """:func:`_writer` running for the block; its errors, checked after."""
     stop, errors = threading.Event(), []
     writer = threading.Thread(target=_writer, args=(env, stop, errors), daemon=True)
     writer.start()
     try:
+        yield errors
+    finally:
+        stop.set()
+        writer.join(10)
+
+
+def test_aligned_verifications_while_the_source_takes_writes(env: Env) -> None:
+    proc = _streaming_hot_table(env)
+    with _source_writer(env) as errors:
         for _ in range(5):
             code, doc = verify(env)
             assert code == 0 and doc["aligned"] is True, doc
@@ -464,25 +481,12 @@ def test_aligned_verifications_while_the_source_takes_writes(env: Env) -> None:
         assert found(doc["tables"][0]) == {("changed", (300,))}
         gate = published(env)  # what `austasync ready` and the drift metrics read
         assert gate["consistent"] is False and gate["drift_rows"] == 1 and gate["tables"] == {f"{env.db}.hot": 1}
-    finally:
-        stop.set()
-        writer.join(10)
     assert not errors and proc.poll() is None
 
 
 def test_repair_goes_through_the_running_daemon_at_its_barrier_while_the_source_takes_writes(env: Env) -> None:
-    env.extra["http"] = {"listen": f"127.0.0.1:{free_port()}"}
-    env.source.execute(
-        f"USE {env.db}",
-        "CREATE TABLE hot (id INT PRIMARY KEY, v INT NOT NULL, s VARCHAR(20) NULL)",
-        f"INSERT INTO hot {_with_rows('(id, v, s) SELECT seq, seq, NULL FROM seq_rows', 400)}",
-    )
-    proc = env.start_daemon()
-    env.wait_caught_up(proc=proc)
-    stop, errors = threading.Event(), []
-    writer = threading.Thread(target=_writer, args=(env, stop, errors), daemon=True)
-    writer.start()
-    try:
+    proc = _streaming_hot_table(env)
+    with _source_writer(env) as errors:
         # behind the daemon's back, on rows the writer never touches
         env.target.execute(
             f"UPDATE {env.db}.hot SET s = 'drift' WHERE id = 300",
@@ -494,9 +498,6 @@ def test_repair_goes_through_the_running_daemon_at_its_barrier_while_the_source_
         assert doc["repair"]["tables"] == {f"{env.db}.hot": {"keys": 3, "rows_deleted": 2, "rows_written": 2}}
         # the stream goes on over the repaired rows
         env.source.execute(f"UPDATE {env.db}.hot SET s = 'after repair' WHERE id IN (300, 301)")
-    finally:
-        stop.set()
-        writer.join(10)
     assert not errors and proc.poll() is None
     env.wait_caught_up(proc=proc)
     assert dump(env.source, env.db, "hot", "id") == dump(env.target, env.db, "hot", "id")
