@@ -937,6 +937,7 @@ class Daemon:
             request.answer(500, {"error": f"repair failed, nothing written: {exc}"})
             return None
         return done
+
     def _barrier_advance(self, request: Request, applier: Applier, reader: BinlogReader) -> None:
         try:
             target = Position.parse(str(request.body.get("position", "")))

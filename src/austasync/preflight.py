@@ -211,7 +211,7 @@ def check_tls(conn: Connection, cfg: DatabaseConfig, side: str) -> Check:
         "warn",
         f"connections to the {side} ({cfg.host}) are not encrypted",
         ("rows, binlog events and passwords cross the network in clear",),
-        f"enable TLS on the {side} server and set [{side}] tls = \"verify_identity\" with tls_ca",
+        f'enable TLS on the {side} server and set [{side}] tls = "verify_identity" with tls_ca',
     )
 
 
