@@ -330,29 +330,6 @@ def test_a_stop_while_resuming_a_split_transaction_never_lowers_its_applied_coun
     conn.close()
 
 
-@pytest.mark.parametrize(
-    ("statement", "kind"),
-    [
-        ("TRUNCATE users", "ddl"),  # TABLE is optional: the target would keep every row
-        ("ALTER IGNORE TABLE t ADD UNIQUE (x)", "ddl"),  # deletes duplicates on the source only
-        ("ALTER ONLINE TABLE t ADD c INT", "ddl"),
-        ("DROP TABLE IF EXISTS t", "ddl"),
-        ("CREATE INDEX i ON t (c)", "ddl"),
-        ("RENAME TABLE a TO b", "ddl"),
-        ("SOMETHING NEW t", "ddl"),  # unknown statements are not assumed harmless
-        ("CREATE DEFINER=`a`@`%` TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.x = 1", "harmless"),
-        ("CREATE OR REPLACE VIEW v AS SELECT * FROM t", "harmless"),
-        ("GRANT SELECT ON db.* TO x", "harmless"),
-        ("DROP PROCEDURE p", "harmless"),
-        ("INSERT INTO t VALUES (1)", "dml"),
-    ],
-)
-def test_statements_logged_as_text_are_classified_by_an_allow_list(statement: str, kind: str) -> None:
-    from austasync.daemon import classify_statement  # noqa: PLC0415
-
-    assert classify_statement(statement) == kind
-
-
 def test_truncate_without_the_table_keyword_stops_like_any_ddl(env: Env) -> None:
     simple_table(env)
     proc = env.start_daemon()

@@ -164,6 +164,9 @@ class ApplyConfig:
     batch_max_bytes: int = 16 * 1024 * 1024
     batch_max_seconds: float = 0.5
     queue_max_events: int = 20000
+    # rows-event bytes of one source transaction held until it ends (so a ROLLBACK [TO SAVEPOINT] can drop what
+    # the source undid); a bigger transaction is handed over as it is read, and a rollback in it stops the daemon
+    hold_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -439,6 +442,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             batch_max_bytes=ap.get("batch_max_bytes", lambda v, w: _int(v, w, 1024), 16 * 1024 * 1024),
             batch_max_seconds=ap.get("batch_max_seconds", _float, 0.5),
             queue_max_events=ap.get("queue_max_events", lambda v, w: _int(v, w, 100), 20000),
+            hold_bytes=ap.get("hold_bytes", lambda v, w: _int(v, w, 1024), 32 * 1024 * 1024),
         ),
         throttle=ThrottleConfig(
             max_threads_running=th.get("max_threads_running", lambda v, w: _int(v, w, 0), 32),

@@ -22,6 +22,7 @@ from austasync import log as logmod
 from austasync import preflight, readiness, sdnotify
 from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
+from austasync.binlog import outcomes, statements
 from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config
 from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
@@ -59,6 +60,7 @@ from austasync.events import (
     SkippedRows,
     Statement,
     TxnImages,
+    UnknownRows,
 )
 from austasync.httpd import Endpoints, HttpServer
 from austasync.metrics import Metrics
@@ -83,42 +85,9 @@ from austasync.verifier import Result
 
 HEALTH_STALL_SECONDS = 30.0
 _DRAIN_SECONDS = 0.05
-_DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|LOAD\s+DATA)\b", re.IGNORECASE)
-_WORD = re.compile(r"[A-Za-z_]+")
-# statements that change no row of a replicated table (their objects are created on the target at cutover)
-_HARMLESS_FIRST = {"GRANT", "REVOKE", "FLUSH", "ANALYZE", "OPTIMIZE", "CHECK", "CHECKSUM", "SET", "DO", "INSTALL"}
-_HARMLESS_OBJECTS = {"VIEW", "PROCEDURE", "FUNCTION", "EVENT", "TRIGGER", "USER", "ROLE", "SERVER"}
-_DATA_OBJECTS = {"TABLE", "TABLES", "DATABASE", "SCHEMA", "INDEX", "SEQUENCE"} | _HARMLESS_OBJECTS
-_TABLE_NAME = re.compile(
-    r"\b(?:TABLE|TRUNCATE)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?((?:`[^`]+`|\w+)(?:\.(?:`[^`]+`|\w+))?)", re.IGNORECASE
-)
-
-
-def classify_statement(text: str) -> str:
-    """ "dml", "harmless" or "ddl" for a statement logged as text outside a transaction.
-
-    An allow-list: only statements known to change no replicated row are harmless; anything else that names a
-    replicated schema goes to the ``on_ddl`` policy (``TRUNCATE t`` without ``TABLE``, ``ALTER IGNORE``,
-    ``ALTER ONLINE`` included), so an unknown statement stops instead of being skipped.
-    """
-    if _DML.match(text):
-        return "dml"
-    words = [w.upper() for w in _WORD.findall(text[:400])]
-    if not words:
-        return "harmless"
-    if words[0] in _HARMLESS_FIRST:
-        return "harmless"
-    if words[0] in ("CREATE", "ALTER", "DROP", "RENAME"):
-        kind = next((w for w in words[1:] if w in _DATA_OBJECTS), None)
-        if kind in _HARMLESS_OBJECTS:
-            return "harmless"
-    return "ddl"
-
-
 _CREATE_TABLE = re.compile(
     r"^\s*CREATE\s+TABLE\s+(?!IF\s+NOT\s+EXISTS)(?:`?(\w+)`?\.)?(?:`([^`]+)`|(\w+))", re.IGNORECASE
 )
-_IGNORABLE_IN_TXN = re.compile(r"^\s*(SAVEPOINT|RELEASE\s+SAVEPOINT|ROLLBACK\s+TO)\b", re.IGNORECASE)
 _COMMENT = re.compile(r"/\*(?!!).*?\*/|^\s*(--|#)[^\n]*\n", re.DOTALL)
 
 
@@ -171,6 +140,12 @@ class Daemon:
         self._inflight_last_ts: float | None = None  # the newest event of the batch the writer thread commits
         self._chunk_writers: list[ChunkWriter] = []  # the copy's extra target connections (in self._conns too)
         self.stop_signal: int | None = None
+        self.selection = statements.Selection(config.replication.databases, config.table_selected)
+        # event accounting: what the loop decided, and what the readers of earlier pipelines read
+        self.tally = outcomes.new_tally()
+        self._read_before: list[dict[str, int]] = []
+        self.metrics.bind_events(self._event_outcomes)
+        self._ddl_applied: Position | None = None  # a DDL inside a transaction that ran before a restart
 
     def request_stop(self, signum: int | None = None) -> None:
         """Stop at the next clean point. Safe in a signal handler: sets an event and sends one datagram."""
@@ -319,6 +294,9 @@ class Daemon:
             heartbeat_seconds=self.config.replication.heartbeat_seconds,
             read_timeout_seconds=self.config.replication.read_timeout_seconds,
             value_tables=applier.value_tables,
+            applied_events=checkpoint.skip_events,
+            selected=self.selection.table,
+            hold_bytes=self.config.apply.hold_bytes,
         )
         self.telemetry.applier, self.telemetry.reader = applier, reader
         watcher = self._start_watcher(admin)
@@ -351,6 +329,7 @@ class Daemon:
         finally:
             self.scheduler.stop()
             reader.stop()
+            self._read_before = [outcomes.sum_tallies([*self._read_before, reader.tally])]
             if watcher is not None:
                 watcher.stop()
             if snapshot:
@@ -444,11 +423,15 @@ class Daemon:
                 self.telemetry.set_phase("stopped_ddl")
                 self.telemetry.publish(force=True)
                 raise DdlStop(_ddl_message(stop))
-            # another stop recorded by the previous run: the operator restarted on purpose; it recurs if real
-            self.log.warning("clearing the previous run's stop", stop=stop)
-            self.state.check_fence(writer)
-            self.state.save_stop(writer, None)
-            query(writer, "COMMIT")
+            if stop.get("kind") == "ddl_applied" and Position.parse(stop["start"]) == checkpoint.position:
+                self._ddl_applied = Position.parse(stop["end"])  # kept until the stream is past its transaction
+            else:
+                # another stop recorded by the previous run (or a DDL marker the stream is past): the operator
+                # restarted on purpose; a real stop recurs
+                self.log.warning("clearing the previous run's stop", stop=stop)
+                self.state.check_fence(writer)
+                self.state.save_stop(writer, None)
+                query(writer, "COMMIT")
         created = ensure_target(source, admin, self.config, tables, compare=checkpoint is None)
         if created:
             self.log.info("created target tables", count=created)
@@ -699,6 +682,15 @@ class Daemon:
             applier.begin(event.start)
         elif isinstance(event, SkippedRows):
             applier.skipped(event.seq)
+        elif isinstance(event, UnknownRows):
+            self.tally[outcomes.ROWS] -= 1  # the reader counted it as a replicated table's rows; it is a stop
+            self._count("stop")
+            raise UncarryableValueError(
+                f"binlog {event.position}: rows of {event.db}.{event.table}, which the selection covers but"
+                " austasync has no definition of: the table was created on the source after the daemon loaded its"
+                ' tables, and its DDL was not replayed (on_ddl = "ignore"?). Create it on the target and re-copy'
+                " it, or exclude it"
+            )
         elif isinstance(event, Boundary):
             applier.boundary(event.position)
         elif isinstance(event, Heartbeat):
@@ -711,34 +703,59 @@ class Daemon:
     # --- statements: DDL policy and statement-format DML (rule 9) ---------------------------------------------
 
     def _statement(self, event: Statement, applier: Applier) -> None:
-        text = _COMMENT.sub("", event.query).strip()
-        replicated = self._mentions_replicated(event.schema, text)
-        if event.in_transaction:
-            if _IGNORABLE_IN_TXN.match(text) or not (_DML.match(text) and replicated):
-                return
+        """A statement logged as text (transaction control never gets here: the reader models it). Skipped only
+        when :mod:`austasync.binlog.statements` proves it touches no replicated table; DML stops; anything else
+        goes to the ``on_ddl`` policy."""
+        if self._ddl_applied is not None and event.position == self._ddl_applied:
+            # run on the target before the restart that re-read its transaction (see _exec_ddl)
+            self._ddl_applied = None
+            self._count("ddl_already_applied")
+            return
+        parsed = event.parsed or statements.parse(event.query, event.sql_mode)
+        verdict = statements.judge(parsed, event.schema, self.selection)
+        where = f"binlog {event.position} (default database {event.schema or 'none'})"
+        if verdict.action == "stop_dml":
+            self._count("stop")
             raise UncarryableValueError(
-                f"DML logged as a statement at {event.position} (schema {event.schema}): {text[:200]!r}."
-                " It cannot be applied exactly; the session ran with binlog_format other than ROW."
-                " Fix the source and re-copy the affected tables"
+                f"DML logged as a statement at {where}: {event.query[:200]!r}. It cannot be applied exactly; the"
+                " session ran with binlog_format other than ROW. Fix the source and re-copy the affected tables"
             )
-        kind = classify_statement(text)
-        if kind == "dml" and replicated:
-            raise UncarryableValueError(
-                f"DML logged as a statement at {event.position}: {text[:200]!r}; cannot be applied exactly"
-            )
-        if kind != "ddl" or not replicated or self._only_unselected_tables(event.schema, text):
-            applier.boundary(event.position)
+        if verdict.action == "skip":
+            self._count(verdict.rule)
+            if not event.in_transaction:
+                applier.boundary(event.position)
             return
         policy = self.config.replication.on_ddl
+        self.log.info("DDL on replicated objects", statement=event.query[:500], position=str(event.position),
+                      why=verdict.rule, policy=policy)  # fmt: skip
         if policy == "ignore":
-            self.log.warning("DDL ignored by policy", statement=text[:500], position=str(event.position))
+            self._count("ddl_ignored")
+            self.log.warning("DDL ignored by policy", statement=event.query[:500], position=str(event.position))
             self.scheduler.invalidate("a DDL was ignored by policy")
-            applier.boundary(event.position)
+            if not event.in_transaction:
+                applier.boundary(event.position)
             return
-        self._commit(applier)
+        if event.in_transaction and applier.txn_seq > 0:
+            self._count("stop")
+            raise UncarryableValueError(
+                f"DDL inside a source transaction after some of its rows, at {where}: {event.query[:300]!r}."
+                " austasync can neither run it at that exact point nor skip it. Nothing of the transaction was"
+                " written. Apply the transaction's effect by hand and re-copy the tables it names"
+            )
+        self._commit(applier)  # everything before it; inside a transaction the checkpoint is the transaction's start
         if policy == "exec":
+            if parsed.select:
+                self._count("stop")
+                raise UncarryableValueError(
+                    f"CREATE TABLE ... SELECT logged as a statement at {where}: its rows are not in the binlog, so"
+                    " running it on the target would copy the target's rows, not the source's. Use on_ddl = \"stop\","
+                    " create and fill the table by hand, then `austasync ddl --skip`"
+                )
             self._exec_ddl(event, applier)
+            self._count("ddl_executed")
+            self.scheduler.invalidate("a DDL was executed: rows may change without their keys in the binlog")
             raise _SchemaChanged(event.query)
+        self._count("stop")
         stop = {
             "kind": "ddl_stop",
             "statement": event.query,
@@ -748,11 +765,23 @@ class Daemon:
             "sql_mode": event.sql_mode,
             "timestamp": event.timestamp,
             "time_zone": event.time_zone,
+            "in_transaction": event.in_transaction,
+            "why": verdict.rule,
         }
         self.state.check_fence(applier.conn)
         self.state.save_stop(applier.conn, stop)
         query(applier.conn, "COMMIT")
         raise DdlStop(_ddl_message(stop))
+
+    def _event_outcomes(self) -> dict[str, int]:
+        """Every event read so far, by outcome and rule: the readers' counts plus the loop's own decisions."""
+        reader = self.telemetry.reader
+        current = [reader.tally] if reader is not None else []
+        return outcomes.sum_tallies([*self._read_before, *current, self.tally])
+
+    def _count(self, rule: str) -> None:
+        """An event the loop decided (a statement, rows of an unknown table): its outcome, for the accounting."""
+        self.tally[outcomes.key(rule)] += 1
 
     def _exec_ddl(self, event: Statement, applier: Applier) -> None:
         """Replay a DDL on the target at exactly its position (``on_ddl = "exec"``).
@@ -788,8 +817,14 @@ class Daemon:
         database = self.config.replication.target_db(event.schema) if event.schema else None
         execute_ddl(conn, event.query, database, event.sql_mode, event.timestamp, event.time_zone)
         self.state.check_fence(conn)
-        self.state.save_position(conn, event.position, 0, self.telemetry.phase)
-        self.state.save_stop(conn, None)
+        if event.in_transaction:
+            # CREATE ... SELECT (MariaDB logs the table's definition, then its rows, in one transaction): the stream
+            # resumes at the transaction's start and takes the rows, knowing the statement has run
+            self.state.save_position(conn, event.start, 0, self.telemetry.phase)
+            self.state.save_stop(conn, ddl_applied_marker(event.query, event.start, event.position))
+        else:
+            self.state.save_position(conn, event.position, 0, self.telemetry.phase)
+            self.state.save_stop(conn, None)
         self._restart_copies_touched_by(conn, event.query)
         query(conn, "COMMIT")
         self.log.info("DDL replayed on the target", statement=event.query[:500], position=str(event.position))
@@ -822,25 +857,6 @@ class Daemon:
                 restarted = CopyCursor(cursor.db, cursor.table, None, False, 0, cursor.rows_estimated)
                 self.state.save_cursor(conn, restarted)
                 self.telemetry.set_cursor(restarted)
-
-    def _only_unselected_tables(self, schema: str, text: str) -> bool:
-        """A DDL whose tables can all be named and none of which is replicated (an excluded table's ALTER)."""
-        names = _TABLE_NAME.findall(text)
-        if not names or not re.match(r"^\s*(ALTER|CREATE|DROP|TRUNCATE|RENAME)\b", text, re.IGNORECASE):
-            return False
-        for name in names:
-            parts = [p.strip("`") for p in name.split(".")]
-            db, table = (parts[0], parts[1]) if len(parts) == 2 else (schema, parts[0])
-            if self.config.table_selected(db, table):
-                return False
-        return True
-
-    def _mentions_replicated(self, schema: str, text: str) -> bool:
-        dbs = self.config.replication.databases
-        if schema in dbs:
-            return True
-        lowered = text.lower()
-        return any(f"{db.lower()}." in lowered or f"`{db.lower()}`" in lowered for db in dbs)
 
     # --- control requests: the verification barrier -----------------------------------------------------------
 
@@ -1356,9 +1372,17 @@ def _check_binlog_available(conn: Connection, position: Position) -> None:
         )
 
 
+def ddl_applied_marker(statement: str, start: Position, end: Position) -> dict[str, Any]:
+    """The state's note that a DDL inside the transaction starting at ``start`` ran on the target: the stream
+    resumes at ``start`` and skips the statement ending at ``end`` (not a stop: the gate ignores it)."""
+    return {"kind": "ddl_applied", "statement": statement[:2000], "start": str(start), "end": str(end)}
+
+
 def _ddl_message(stop: dict[str, Any]) -> str:
+    where = " inside the transaction" if stop.get("in_transaction") else ""
     return (
-        f"DDL on a replicated table at source position {stop['start']}: {stop['statement'][:500]!r}."
+        f"DDL on a replicated table at source position {stop['end']}{where} (from {stop['start']}):"
+        f" {stop['statement'][:500]!r}."
         ' on_ddl = "stop": the target is checkpointed just before it. Apply the same change to the target'
         " yourself and run `austasync ddl --config FILE --skip`, or let austasync run it there with"
         " `austasync ddl --config FILE --exec`; then start `austasync run` again"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from austasync.binlog.statements import Parsed
 from austasync.position import Position
 
 RowKind = Literal["insert", "update", "delete"]
@@ -87,6 +88,17 @@ class SkippedRows:
 
 
 @dataclass(frozen=True, slots=True)
+class UnknownRows:
+    """A rows event of a table the selection covers but austasync has no definition of (created on the source after
+    the tables were loaded, its DDL not replayed): the consumer stops at it, never skips it."""
+
+    db: str
+    table: str
+    seq: int
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """The source transaction committed; ``position`` is a transaction boundary (a valid checkpoint)."""
 
@@ -107,6 +119,7 @@ class Statement:
     sql_mode: int | None
     charset: bytes | None
     time_zone: str | None = None  # the session time zone it ran in, when not the server's default
+    parsed: Parsed | None = None  # what austasync.binlog.statements made of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,4 +143,16 @@ class ReaderFailed:
     error: BaseException
 
 
-Event = Begin | Rows | LiteralRows | TxnImages | SkippedRows | Commit | Statement | Boundary | Heartbeat | ReaderFailed
+Event = (
+    Begin
+    | Rows
+    | LiteralRows
+    | TxnImages
+    | SkippedRows
+    | UnknownRows
+    | Commit
+    | Statement
+    | Boundary
+    | Heartbeat
+    | ReaderFailed
+)

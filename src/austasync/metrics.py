@@ -9,11 +9,14 @@ The README's metrics reference is checked against :data:`REFERENCE` by a test; a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from austasync import __version__
+from austasync.binlog import outcomes
 
 PHASES = [
     "starting",
@@ -167,6 +170,10 @@ class Metrics:
         for kind in ("unavailable", "drift", "uncarryable", "ddl_stop", "fenced", "setup", "binlog_purged", "error"):
             self.errors.labels(kind)
 
+    def bind_events(self, tally: Callable[[], dict[str, int]]) -> None:
+        """``austasync_binlog_events_total{outcome, rule}``, read from the event accounting when scraped."""
+        self.registry.register(_EventsCollector(tally))
+
     def bind_lag(self, lag: Callable[[], float], horizon: Callable[[], float]) -> None:
         """Lag and purge horizon are computed when scraped, so a dead loop cannot leave a stale 'caught up'."""
         self.lag.set_function(lag)
@@ -182,3 +189,20 @@ class Metrics:
         self.copy_rows.labels(table).set(copied)
         self.copy_estimated.labels(table).set(estimated)
         self.copy_done.labels(table).set(1 if done else 0)
+
+
+class _EventsCollector(Collector):
+    """Counts kept as plain dicts by the reader's hot loop (austasync.binlog.outcomes), exposed as one counter."""
+
+    def __init__(self, tally: Callable[[], dict[str, int]]) -> None:
+        self._tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "austasync_binlog_events",
+            "Binlog events read, by outcome (applied, skipped, stopped) and the rule that decided it.",
+            labels=["outcome", "rule"],
+        )
+        for outcome, rule, count in outcomes.labelled(self._tally()):
+            family.add_metric([outcome, rule], count)
+        yield family

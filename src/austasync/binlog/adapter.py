@@ -62,9 +62,12 @@ from pymysqlreplication.row_event import (
     TableMapEvent,
 )
 
+from austasync.binlog import outcomes, statements
 from austasync.binlog.rowcodec import ROWS_EVENTS as _ROWS_EVENTS
 from austasync.binlog.rowcodec import ROWS_V2 as _ROWS_V2
 from austasync.binlog.rowcodec import ColumnSpec, RowsDecoder, ValueStop, first_absent, read_lenenc
+from austasync.binlog.txn import Chunk as _Chunk
+from austasync.binlog.txn import TxnState as _TxnState
 from austasync.config import DatabaseConfig
 from austasync.db import DriverConnection, tls_options
 from austasync.errors import UnavailableError, UncarryableValueError
@@ -74,13 +77,12 @@ from austasync.events import (
     Commit,
     Event,
     Heartbeat,
-    Key,
     LiteralRows,
     ReaderFailed,
     Rows,
     SkippedRows,
     Statement,
-    TxnImages,
+    UnknownRows,
 )
 from austasync.position import Position
 from austasync.schema import Table, TableId
@@ -88,9 +90,16 @@ from austasync.schema import Table, TableId
 # The library's own reconnect resumes from the last event read, possibly mid-transaction (rule 1): turn it off.
 _binlogstream.MYSQL_EXPECTED_ERROR_CODES = []
 
-# Event types the library does not implement but that carry nothing to apply:
-# 34 ANONYMOUS_GTID (MySQL without GTIDs), 35 PREVIOUS_GTIDS, 38 VIEW_CHANGE (group replication bookkeeping).
-_HARMLESS_UNKNOWN = {34, 35, 38}
+# Event types the library does not implement but that carry nothing to apply, and the rule that skips them:
+# 34 ANONYMOUS_GTID (MySQL without GTIDs) and 42 GTID_TAGGED (MySQL 8.4+): a transaction's identity, like GTID (33);
+# 36 TRANSACTION_CONTEXT and 37 VIEW_CHANGE: group replication's certification and membership bookkeeping.
+# (38 is XA_PREPARE, which the library parses and the reader models.)
+_HARMLESS_UNKNOWN = {
+    34: "transaction_control",
+    42: "transaction_control",
+    36: "group_replication",
+    37: "group_replication",
+}
 _EVENT_NAMES = {
     26: "INCIDENT",
     39: "PARTIAL_UPDATE_ROWS",
@@ -104,21 +113,24 @@ _EVENT_NAMES = {
     171: "MariaDB compressed DELETE_ROWS",
 }
 _FL_STANDALONE = 1  # MariaDB GTID flag: the group is one statement (DDL) with no COMMIT
+_FL_PREPARED_XA = 64  # MariaDB GTID flag: the group is an XA transaction's XA START ... XA PREPARE
 
-_IGNORED = (
-    FormatDescriptionEvent,
-    PreviousGtidsEvent,
-    MariadbGtidListEvent,
-    MariadbBinLogCheckPointEvent,
-    MariadbStartEncryptionEvent,
-    MariadbAnnotateRowsEvent,
-    RowsQueryLogEvent,
-    StopEvent,
-    TableMapEvent,
-    IntvarEvent,
-    RandEvent,
-    UserVarEvent,
-)
+# events that carry nothing to apply, by the rule that skips them
+_IGNORED: dict[type, str] = {
+    FormatDescriptionEvent: outcomes.METADATA,
+    PreviousGtidsEvent: outcomes.METADATA,
+    MariadbGtidListEvent: outcomes.METADATA,
+    MariadbBinLogCheckPointEvent: outcomes.METADATA,
+    MariadbStartEncryptionEvent: outcomes.METADATA,
+    StopEvent: outcomes.METADATA,
+    MariadbAnnotateRowsEvent: outcomes.ANNOTATION,
+    RowsQueryLogEvent: outcomes.ANNOTATION,
+    # a statement's session values; in ROW format they only precede statements logged as text, judged on their own
+    IntvarEvent: outcomes.ANNOTATION,
+    RandEvent: outcomes.ANNOTATION,
+    UserVarEvent: outcomes.ANNOTATION,
+    TableMapEvent: outcomes.TABLE_MAP,
+}
 
 
 # --- table maps and rows events ---------------------------------------------------------------------------------
@@ -140,6 +152,7 @@ _READ_SIZE = 1 << 20  # bytes asked of the socket per read while catching up
 _MAX_PACKET = 0xFFFFFF  # a payload this long continues in the next packet
 _TABLE_MAP, _XID, _QUERY, _ROTATE, _FORMAT_DESCRIPTION, _MARIADB_GTID = 19, 16, 2, 4, 15, 162
 _PARTIAL_UPDATE_ROWS = 39
+_INTVAR = 5
 _XA_PREPARE = 38
 _GTID_EVENTS = {33, 34, 162}  # MySQL GTID and anonymous GTID, MariaDB GTID: each starts a transaction group
 _UNREADABLE = {40, 165, 166, 167, 168, 169, 170, 171}  # compressed events: the watcher cannot name their tables
@@ -150,6 +163,8 @@ _TABLE_ID = struct.Struct("<IH").unpack_from  # 6 bytes, little-endian
 # next position, flags) and the first 6 bytes of the body (the table id of table maps and rows events)
 _FRAME = struct.Struct("<IBIBIIIHIH").unpack_from
 _FRAME_SIZE = 30
+_K_ROWS, _K_ALREADY, _K_NOT_SELECTED = outcomes.ROWS, outcomes.ALREADY_APPLIED, outcomes.NOT_SELECTED
+_K_TABLE_MAP, _K_TRANSACTION, _K_ARTIFICIAL = outcomes.TABLE_MAP, outcomes.TRANSACTION, outcomes.ARTIFICIAL
 _new_tuple = tuple.__new__  # builds a LiteralRows without its generated __new__ (one Python call less per event)
 
 
@@ -286,13 +301,17 @@ class _TableCodec:
 class _TableMap:
     """One table map's content as the library parsed it, shared by every later table map with the same bytes."""
 
-    __slots__ = ("codec", "content", "label", "name", "named", "schema", "specs", "table")
+    __slots__ = ("codec", "content", "label", "name", "named", "schema", "specs", "table", "unknown")
 
-    def __init__(self, event: Any, tables: Mapping[TableId, Table], content: bytes) -> None:
+    def __init__(
+        self, event: Any, tables: Mapping[TableId, Table], content: bytes, selected: Callable[[str, str], bool]
+    ) -> None:
         self.content = content  # the map's bytes after the table id
         self.schema, self.name = str(event.schema), str(event.table)
         self.label = f"{self.schema}.{self.name}"
         self.table = tables.get((self.schema, self.name))
+        # a table the selection covers that was not loaded (created after start): its rows stop the stream
+        self.unknown = self.table is None and selected(self.schema, self.name)
         self.specs = tuple(_spec(c) for c in event.columns)
         # names, signedness and charsets come only from binlog_row_metadata=FULL (checked per table map)
         self.named = bool(getattr(event.get_table(), "column_name_flag", True)) and all(
@@ -399,11 +418,22 @@ class BinlogReader:
         heartbeat_seconds: float = 1.0,
         read_timeout_seconds: float = 30.0,
         value_tables: Collection[TableId] = (),
+        applied_events: int = 0,
+        selected: Callable[[str, str], bool] = lambda db, table: False,
+        hold_bytes: int | None = None,
     ) -> None:
         self.tables = dict(tables)
         # tables whose rows the applier needs as values (a cascade starts from them); the others arrive as literals
         self.value_tables = frozenset(value_tables)
         self.start_position = start
+        # rows events of the first transaction already on the target (a big one split before a restart)
+        self.applied_events = applied_events
+        self._selected = selected
+        self._hold_bytes = hold_bytes
+        # every event read, by outcome and rule (austasync.binlog.outcomes); statements are counted by the consumer
+        self.tally = outcomes.new_tally()
+        # XA transactions prepared while read here that changed no replicated table: their XA COMMIT is harmless
+        self._harmless_xa: set[str] = set()
         self.events: queue.Queue[list[Event]] = queue.Queue(maxsize=max(2, queue_size // _BATCH_EVENTS))
         self._stop = threading.Event()
         self._out: list[Event] = []
@@ -515,7 +545,9 @@ class BinlogReader:
             pymysql_wrapper=DriverConnection,
         )
         self._stream = stream
-        state = _TxnState(self.start_position)
+        state = _TxnState(self.start_position, self.tally, self.applied_events)
+        if self._hold_bytes is not None:
+            state.hold_limit = self._hold_bytes
         try:
             first = stream.fetchone()  # connects, registers, starts the dump and reads its first (rotate) event
             if first is None or self._stop.is_set():
@@ -539,6 +571,7 @@ class BinlogReader:
         frame, rows_kinds, batch = _FRAME, _ROWS_EVENTS, _BATCH_EVENTS
         buf, pos = b"", 0
         out = self._out
+        counts = self.tally
         while True:
             if len(buf) - pos >= _FRAME_SIZE:
                 header, ok, ts, etype, _, size, log_pos, _, id_low, id_high = frame(buf, pos)
@@ -578,66 +611,86 @@ class BinlogReader:
                 ):
                     entry = self._table_map(b, s, e, body, body_end, lib, id_low | id_high << 32)
                 if log_pos:  # artificial events (log_pos 0) carry no position
+                    counts[_K_TABLE_MAP] += 1
                     state.last_table = entry.label
                     if not state.in_txn and not state.standalone:
                         state.boundary = Position(stream.log_file, log_pos)
                         out.append(Boundary(state.boundary))
+                else:
+                    counts[_K_ARTIFICIAL] += 1
             elif etype in rows_kinds:
                 if log_pos:
                     state.seq += 1
                     entry = maps_by_id.get(id_low | id_high << 32)
                     codec = entry.codec if entry is not None else None
+                    if entry is not None and (entry.table is not None or entry.unknown):
+                        # the transaction changes a replicated table: what a rollback or an XA PREPARE must know
+                        state.replicated += 1
+                        state.last_replicated_seq = state.seq
+                        counts[_K_ALREADY if state.seq <= state.skip_upto else _K_ROWS] += 1
+                    else:
+                        counts[_K_NOT_SELECTED] += 1
+                    held = state.held
+                    if held is not None:
+                        state.held_bytes += e - s
+                        if state.held_bytes > state.hold_limit:
+                            state.spill(out)  # too big to hold: handed over as it comes from now on
+                            held = None
+                    dest = out if held is None else held
                     chunk = state.chunk
                     if chunk is not None and entry is not None:
                         # inside a transaction: merged into its net images, or (not replicated) only counted
                         if codec is not None and codec.literal:
                             if codec.merge(b, body, body_end, etype, ts, lib, chunk, stream.log_file, log_pos):
                                 if chunk.events >= _PART_EVENTS:  # a big transaction goes in parts (rule 1)
-                                    out.append(state.part(None, ts))
+                                    dest.append(state.part(None, ts))
                                     state.chunk = _Chunk(None, state.seq)
                                 continue
-                        elif entry.table is None:
+                        elif entry.table is None and not entry.unknown:
                             continue
                     event = None
                     if codec is not None and codec.literal:
                         event = codec.literal_rows(b, body, body_end, etype, ts, state.seq, lib)
                     if chunk is not None:
                         # an event that cannot be merged: what is merged so far goes first, then the event on its own
-                        out.append(state.part(None, ts, state.seq - 1))
+                        dest.append(state.part(None, ts, state.seq - 1))
                         state.chunk = _Chunk(None, state.seq)
-                    out.append(event or self._rows(b, body, body_end, etype, log_pos, ts, stream, state, lib))
+                    dest.append(event or self._rows(b, body, body_end, etype, log_pos, ts, stream, state, lib))
                     if not state.in_txn and not state.standalone:
                         state.boundary = Position(stream.log_file, log_pos)
+                else:
+                    counts[_K_ARTIFICIAL] += 1
             elif etype == _XID:
                 if log_pos:
+                    counts[_K_TRANSACTION] += 1
                     state.in_txn = False
                     end = Position(stream.log_file, log_pos)
+                    state.release(out)
                     out.append(Commit(end, ts) if state.chunk is None else state.part(end, ts))
                     state.chunk, state.merging = None, True
                     if not state.standalone:
                         state.boundary = end
+                else:
+                    counts[_K_ARTIFICIAL] += 1
             elif etype == _MARIADB_GTID:
                 if log_pos:
-                    if state.chunk is not None:
-                        out.append(state.part(None, ts))  # a transaction that never committed: as it was read
-                        state.chunk = None
-                    state.standalone = bool(b[body + 12] & _FL_STANDALONE)
+                    counts[_K_TRANSACTION] += 1
+                    if state.in_txn:
+                        raise _unended(state, Position(stream.log_file, log_pos))
+                    flags = b[body + 12]
+                    state.standalone = bool(flags & _FL_STANDALONE)
                     if not state.standalone:
-                        state.begin()
-                        if state.merging:
-                            state.chunk = _Chunk(state.boundary, 0)
-                        else:
-                            out.append(Begin(state.boundary))
+                        self._begin(state)
+                        state.xa = bool(flags & _FL_PREPARED_XA)
+                else:
+                    counts[_K_ARTIFICIAL] += 1
             elif etype == _QUERY and log_pos and _query_text(b, body, body_end, lib) == b"BEGIN":
+                counts[_K_TRANSACTION] += 1
                 if not state.in_txn:  # MySQL's BEGIN of each transaction; any other statement goes to the library
-                    state.begin()
-                    if state.merging:
-                        state.chunk = _Chunk(state.boundary, 0)
-                    else:
-                        out.append(Begin(state.boundary))
+                    self._begin(state)
             else:
                 if state.chunk is not None:
-                    out.append(state.part(None, ts))
+                    state.sink(out).append(state.part(None, ts))
                     state.chunk = None
                 self._other(b, s, e, etype, ts, log_pos, stream, state, lib)
                 if state.in_txn and state.merging:
@@ -653,7 +706,11 @@ class BinlogReader:
             self._refuse(etype, Position(stream.log_file, log_pos), state)
         event = lib.event(b[s:e])
         if event is None:
-            return  # a type the library's own reader skips too
+            if etype != _INTVAR:  # the only type the library is told to leave out
+                self._refuse(etype, Position(stream.log_file, log_pos), state, "skipped by the binlog library")
+            # the auto-increment value of a statement logged as text, which is judged on its own
+            self.tally[outcomes.ANNOTATION if log_pos else outcomes.ARTIFICIAL] += 1
+            return
         if etype == _ROTATE:
             stream.log_file, stream.log_pos = event.next_binlog, int(event.position)
             if ts != 0:  # a real rotate: the server may reuse table ids in the new file
@@ -671,7 +728,7 @@ class BinlogReader:
             event = lib.event(b[s:e])
             if event is None:
                 raise UncarryableValueError("the binlog library skipped a table map; austasync cannot go on")
-            entry = _TableMap(event, self.tables, content)
+            entry = _TableMap(event, self.tables, content, self._selected)
             if len(self._maps) > 4096:
                 self._maps.clear()  # table maps of long-gone table versions; the current ones come back
             self._maps[content] = entry
@@ -689,7 +746,7 @@ class BinlogReader:
         stream: Any,
         state: _TxnState,
         lib: _Library,
-    ) -> Rows | LiteralRows | SkippedRows:
+    ) -> Rows | LiteralRows | SkippedRows | UnknownRows:
         """A rows event on the general path: a table's first rows, a table whose rows go as values, a table that
         is not replicated, or a refusal. ``state.seq`` already counts it."""
         low, high = _TABLE_ID(b, body)
@@ -699,6 +756,8 @@ class BinlogReader:
                 f"binlog rows event ending at {stream.log_file}:{log_pos} refers to table id {low | high << 32},"
                 " whose table map was not read; austasync cannot tell which table it changes"
             )
+        if entry.unknown:
+            return UnknownRows(entry.schema, entry.name, state.seq, Position(stream.log_file, log_pos))
         if entry.table is None:
             return SkippedRows(state.seq)  # not replicated: counted, never decoded
         where = f"binlog {stream.log_file}:{log_pos} ({entry.label})"
@@ -720,21 +779,33 @@ class BinlogReader:
         entry.codec = _TableCodec(table, entry.specs, where, literal=table.id not in self.value_tables)
         return entry.codec
 
+    def _begin(self, state: _TxnState) -> None:
+        """A transaction starts: held from here until it ends."""
+        state.begin()
+        if state.merging:
+            state.chunk = _Chunk(state.boundary, 0)
+        else:
+            state.sink(self._out).append(Begin(state.boundary))
+
     def _convert(self, event: Any, stream: Any, state: _TxnState) -> list[Event]:
         end = Position(stream.log_file, int(event.packet.log_pos or 0))
+        tally = self.tally
         if isinstance(event, RotateEvent):
+            tally[outcomes.METADATA if event.timestamp else outcomes.ARTIFICIAL] += 1
             state.position = Position(event.next_binlog, int(event.position))
             if state.in_txn or state.standalone:
                 return []
             state.boundary = state.position
             return [Boundary(state.position)]
         if isinstance(event, HeartbeatLogEvent):
+            tally[outcomes.HEARTBEAT] += 1
             return (
                 []
                 if state.in_txn or state.standalone
                 else [Heartbeat(Position(event.ident, int(event.packet.log_pos)))]
             )
         if event.packet.log_pos == 0:
+            tally[outcomes.ARTIFICIAL] += 1
             return []  # artificial events (format description on connect) carry no position
         out = self._convert_positioned(event, end, state)
         state.position = end
@@ -743,35 +814,49 @@ class BinlogReader:
         return out
 
     def _convert_positioned(self, event: Any, end: Position, state: _TxnState) -> list[Event]:
-        # rows events never get here: _event decodes them (or refuses partial JSON updates) itself
+        # rows events never get here: _packets decodes them (or refuses partial JSON updates) itself, and XID,
+        # MariaDB GTID and BEGIN only come here as the first event of a connection
         ts = int(event.timestamp)
-        if isinstance(event, XidEvent):
-            state.in_txn = False
-            return [Commit(end, ts)]
-        if isinstance(event, MariadbGtidEvent):
-            state.standalone = bool(event.flags & _FL_STANDALONE)
-            if not state.standalone:
-                state.begin()
-                return [Begin(state.boundary)]
-            return []
-        if isinstance(event, GtidEvent):
-            return []
+        tally = self.tally
         if isinstance(event, QueryEvent):
             return self._query(event, end, state, ts)
-        if isinstance(event, TableMapEvent):
-            state.last_table = f"{event.schema}.{event.table}"
-        if isinstance(event, _IGNORED):
-            return [] if state.in_txn or state.standalone else [Boundary(end)]
         if isinstance(event, XAPrepareEvent):
-            raise UncarryableValueError(f"XA transaction at {end}: XA PREPARE/COMMIT is not supported")
+            return self._xa_prepare(event, end, state, ts)
+        if isinstance(event, XidEvent):
+            tally[outcomes.TRANSACTION] += 1
+            state.in_txn = False
+            out: list[Event] = []
+            state.release(out)
+            return [*out, Commit(end, ts)]
+        if isinstance(event, MariadbGtidEvent):
+            tally[outcomes.TRANSACTION] += 1
+            if state.in_txn:
+                raise _unended(state, end)
+            state.standalone = bool(event.flags & _FL_STANDALONE)
+            if not state.standalone:
+                self._begin(state)
+                state.xa = bool(event.flags & _FL_PREPARED_XA)
+            return []
+        if isinstance(event, GtidEvent):
+            tally[outcomes.TRANSACTION] += 1
+            return []
+        rule = _IGNORED.get(type(event))
+        if rule is not None:
+            tally[rule] += 1
+            if isinstance(event, TableMapEvent):
+                state.last_table = f"{event.schema}.{event.table}"
+            return [] if state.in_txn or state.standalone else [Boundary(end)]
         if isinstance(event, BeginLoadQueryEvent | ExecuteLoadQueryEvent):
+            tally[outcomes.STOP] += 1
             raise UncarryableValueError(f"LOAD DATA logged as a statement at {end}: cannot be applied exactly")
         if isinstance(event, NotImplementedEvent) and event.event_type in _HARMLESS_UNKNOWN:
+            tally[outcomes.key(_HARMLESS_UNKNOWN[event.event_type])] += 1
             return [] if state.in_txn or state.standalone else [Boundary(end)]
         self._refuse(event.event_type, end, state, type(event).__name__)
         return []  # not reached
 
     def _refuse(self, event_type: int, end: Position, state: _TxnState, fallback: str = "") -> None:
+        self.tally[outcomes.STOP] += 1
         name = _EVENT_NAMES.get(event_type, fallback or f"type {event_type}")
         # the event itself is not decoded; the table map just before it names the table it most likely changes
         table = f" (after the table map of {state.last_table})" if state.in_txn and state.last_table else ""
@@ -781,36 +866,121 @@ class BinlogReader:
             " and partial JSON updates (binlog_row_value_options) on the source"
         )
 
+    # --- statements logged as text: transaction control is modelled here, the rest judged by the consumer ------
+
     def _query(self, event: Any, end: Position, state: _TxnState, ts: int) -> list[Event]:
-        text = event.query.strip()
-        upper = text.upper()
-        if upper == "BEGIN" or upper.startswith("XA START"):
-            if not state.in_txn:
-                state.begin()
-                return [Begin(state.boundary)]
-            return []
-        if upper in ("COMMIT", "ROLLBACK") or upper.startswith("XA END"):
-            state.in_txn = False
-            return [Commit(end, ts)]
-        schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else str(event.schema)
-        start = state.boundary
-        out: list[Event] = [
-            Statement(
-                query=text,
+        text = str(event.query)
+        sql_mode = getattr(event, "sql_mode", None)
+        parsed = statements.parse(text, sql_mode)
+        if parsed.transaction_control:
+            self.tally[outcomes.TRANSACTION] += 1
+            out = self._transaction_statement(parsed, text, end, state, ts)
+        else:
+            schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else str(event.schema)
+            statement = Statement(
+                query=text.strip(),
                 schema=schema,
-                start=start,
+                start=state.boundary,
                 position=end,
                 timestamp=ts,
                 in_transaction=state.in_txn and not state.standalone,
-                sql_mode=getattr(event, "sql_mode", None),
+                sql_mode=sql_mode,
                 charset=None,
                 time_zone=_text_or_none(getattr(event, "time_zone", None)),
+                parsed=parsed,
             )
-        ]
+            if statement.in_transaction:
+                state.sink(self._out).append(statement)  # held with the rest of its transaction
+                return []
+            out = [statement]
         if state.standalone or not state.in_txn:
             state.in_txn = False
             state.standalone = False
         return out
+
+    def _transaction_statement(
+        self, parsed: statements.Parsed, text: str, end: Position, state: _TxnState, ts: int
+    ) -> list[Event]:
+        """BEGIN, COMMIT, ROLLBACK, savepoints and XA, as the server logged them."""
+        verb, where = parsed.verb, f"binlog {end}"
+        out: list[Event] = []
+        if verb in ("BEGIN", "XA START"):
+            if not state.in_txn:
+                self._begin(state)
+            state.xa = state.xa or verb == "XA START"
+        elif verb == "COMMIT" or (verb == "XA COMMIT" and state.in_txn):
+            # COMMIT ends a transaction that changed a non-transactional table; XA COMMIT ... ONE PHASE inside the
+            # transaction's own group is its commit
+            state.in_txn = False
+            state.release(out)
+            out.append(Commit(end, ts))
+        elif verb == "ROLLBACK":
+            # the source undid the transaction's rows (what stays: non-transactional changes, never replicated)
+            state.rollback_to("", where)
+            state.in_txn = False
+            state.release(out)
+            out.append(Commit(end, ts))
+        elif not state.in_txn and verb in ("XA COMMIT", "XA ROLLBACK"):
+            self._xa_outcome(parsed, text, end)
+        elif not state.in_txn:
+            raise UncarryableValueError(f"{where}: {text[:200]!r} outside a transaction; austasync cannot model it")
+        elif verb == "SAVEPOINT":
+            state.savepoint(parsed.savepoint, self._out, ts)
+        elif verb == "ROLLBACK TO":
+            state.rollback_to(parsed.savepoint, where)
+        elif verb == "RELEASE SAVEPOINT":
+            state.release_savepoint(parsed.savepoint)
+        elif verb != "XA END":  # XA END only closes the XA START ... part; XA PREPARE follows
+            raise UncarryableValueError(f"{where}: {text[:200]!r} inside a transaction; austasync cannot model it")
+        return out
+
+    def _xa_prepare(self, event: Any, end: Position, state: _TxnState, ts: int) -> list[Event]:
+        """An XA transaction's XA PREPARE (or MySQL's XA COMMIT ... ONE PHASE): refused if it changed a replicated
+        table, else skipped; nothing of it was handed over, so the checkpoint stays before it."""
+        xid = statements.xid_text(bytes(event.xid_gtrid), bytes(event.xid_bqual), int(event.xid_format_id))
+        out: list[Event] = []
+        if event.one_phase:
+            self.tally[outcomes.TRANSACTION] += 1
+            state.in_txn = False
+            state.release(out)
+            return [*out, Commit(end, ts)]
+        released = state.held is None or state.released_replicated_seq > 0
+        if state.replicated or state.holds_statements() or released:
+            self.tally[outcomes.STOP] += 1
+            table = f" (it changes {state.last_table})" if state.last_table else ""
+            raise UncarryableValueError(
+                f"XA transaction {xid} prepared at binlog {end}{table}: austasync does not carry XA transactions on"
+                " replicated tables (their rows would have to outlive a restart until XA COMMIT). Nothing of it was"
+                " written to the target; the checkpoint is before it. Stop using XA on the replicated tables, then"
+                " re-copy with `austasync reset --config FILE --yes` and `austasync run`"
+            )
+        self.tally[outcomes.key("xa_not_replicated")] += 1
+        self._harmless_xa.add(xid)
+        state.held = None  # only rows of tables outside the selection: nothing to hand over
+        state.release(out)
+        state.in_txn = False
+        return [Boundary(end)]
+
+    def _xa_outcome(self, parsed: statements.Parsed, text: str, end: Position) -> None:
+        """XA COMMIT / XA ROLLBACK of a prepared transaction, logged as a transaction of its own."""
+        known = parsed.xid in self._harmless_xa
+        self._harmless_xa.discard(parsed.xid)
+        if parsed.verb == "XA ROLLBACK" or known:
+            return  # its rows were never applied: refused at XA PREPARE, or outside the selection
+        self.tally[outcomes.TRANSACTION] -= 1
+        self.tally[outcomes.STOP] += 1
+        raise UncarryableValueError(
+            f"binlog {end}: {text[:200]!r} commits an XA transaction whose XA PREPARE this reader did not see (it was"
+            " prepared before the stream's start or before a restart), so its rows may be missing on the target."
+            " Verify the tables it changed (`austasync verify`); if it changed replicated tables, re-copy"
+        )
+
+
+def _unended(state: _TxnState, at: Position) -> UncarryableValueError:
+    return UncarryableValueError(
+        f"the source transaction after {state.boundary} has no end (no COMMIT, XID or XA PREPARE) before the next"
+        f" transaction at binlog {at}; austasync cannot tell whether its rows were committed"
+    )
 
 
 def _query_text(b: bytes, body: int, body_end: int, lib: _Library) -> bytes:
@@ -895,58 +1065,6 @@ def _interrupt(stream: BinLogStreamReader | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # already closed by the reading thread
             sock.shutdown(socket.SHUT_RDWR)
-
-
-class _TxnState:
-    def __init__(self, position: Position) -> None:
-        self.position = position
-        self.boundary = position  # the last transaction boundary: where a resume may start
-        self.in_txn = False
-        self.standalone = False
-        self.seq = 0
-        self.last_table = ""
-        # the transaction's rows merged so far (TxnImages). Not in the first transaction read: a resume may skip
-        # a prefix of its rows events, which the applier does event by event
-        self.chunk: _Chunk | None = None
-        self.merging = False
-
-    def begin(self) -> None:
-        self.in_txn = True
-        self.seq = 0
-        self.last_table = ""
-
-    def part(self, end: Position | None, ts: int, seq: int | None = None) -> TxnImages:
-        """The merged rows as an event; ``end`` on the transaction's last part."""
-        chunk = self.chunk
-        assert chunk is not None  # noqa: S101 (callers check)
-        return TxnImages(
-            chunk.start,
-            end,
-            chunk.images,
-            chunk.counts,
-            chunk.rows,
-            chunk.bytes,
-            chunk.first_seq,
-            self.seq if seq is None else seq,
-            chunk.oldest,
-            ts,
-        )
-
-
-class _Chunk:
-    """Rows of one transaction being merged into net images (see :class:`austasync.events.TxnImages`)."""
-
-    __slots__ = ("bytes", "counts", "events", "first_seq", "images", "oldest", "rows", "start")
-
-    def __init__(self, start: Position | None, first_seq: int) -> None:
-        self.start = start
-        self.first_seq = first_seq
-        self.images: dict[TableId, dict[Key, str | None]] = {}
-        self.counts: dict[tuple[TableId, str], int] = {}
-        self.rows = 0
-        self.bytes = 0
-        self.events = 0
-        self.oldest: int | None = None
 
 
 def _translate(exc: BaseException, start: Position) -> BaseException:
