@@ -814,7 +814,10 @@ class Daemon:
         self._drop_precreated(conn, event)
         if self.telemetry.watcher is not None:
             self.telemetry.watcher.own_statements.add(event.query.strip())
-        database = self.config.replication.target_db(event.schema) if event.schema else None
+        # the statement's default database, when it is a replicated one: another database need not exist on the
+        # target, and the statement names its replicated tables qualified then (judge() resolved them so)
+        replicated = event.schema and self.selection.database(event.schema)
+        database = self.config.replication.target_db(event.schema) if replicated else None
         execute_ddl(conn, event.query, database, event.sql_mode, event.timestamp, event.time_zone)
         self.state.check_fence(conn)
         if event.in_transaction:

@@ -1,0 +1,395 @@
+"""Fail closed: every statement and transaction the source logs is carried exactly, skipped by a rule that proves it
+harmless, or stops the daemon. Each case here left wrong rows on the target while the daemon kept streaming
+(issue 12); sides are compared by the ``mariadb`` client's dump, not by austasync's code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pymysql
+import pytest
+
+from conftest import Env, dump
+from servers import free_port
+
+EXIT_DDL_STOP = 10
+EXIT_UNCARRYABLE = 12
+
+
+@pytest.fixture
+def other(env: Env) -> Iterator[str]:
+    """A database outside the selection, on the source, with a non-transactional table in it."""
+    name = f"o_{env.name}"[:64]
+    env.source.execute(
+        f"CREATE DATABASE {name}",
+        f"CREATE TABLE {name}.audit (id INT AUTO_INCREMENT PRIMARY KEY, msg VARCHAR(40)) ENGINE=MyISAM",
+        f"CREATE TABLE {name}.ledger (id INT PRIMARY KEY, v INT) ENGINE=InnoDB",
+    )
+    yield name
+    env.source.execute(f"DROP DATABASE {name}")
+
+
+def table(env: Env, name: str = "t", rows: int = 20, column: str = "v VARCHAR(50) NOT NULL") -> None:
+    value = "CONCAT('v', seq)" if "CHAR" in column else "seq"
+    env.source.execute(
+        f"CREATE TABLE {env.db}.{name} (id INT PRIMARY KEY, {column})",
+        f"INSERT INTO {env.db}.{name} SELECT seq, {value} FROM {env.db}.seq_1_to_{rows}",
+    )
+
+
+def same(env: Env, name: str = "t") -> bool:
+    return dump(env.source, env.db, name, "id") == dump(env.target, env.db, name, "id")
+
+
+def streaming(env: Env, **extra: dict[str, object]) -> subprocess.Popen[bytes]:
+    env.extra = {**env.extra, **extra}
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    return proc
+
+
+def run(env: Env, *statements: str, database: str | None = None) -> None:
+    """Statements in one session on the source (autocommit, so BEGIN ... COMMIT is spelled out)."""
+    conn = env.source.connect(database=database or env.db)
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def stops_with(proc: subprocess.Popen[bytes], code: int) -> None:
+    assert proc.wait(30) == code
+
+
+# --- 1. TRUNCATE from another database, and with include_tables -------------------------------------------------
+
+
+def test_truncate_of_a_replicated_table_from_another_database_stops(env: Env, other: str) -> None:
+    table(env)
+    proc = streaming(env)
+    run(env, f"TRUNCATE TABLE {env.db}.t", database=other)
+    stops_with(proc, EXIT_DDL_STOP)
+    assert f"TRUNCATE TABLE {env.db}.t" in env.run_cli("ddl").stdout
+    assert len(dump(env.target, env.db, "t", "id")) == 20  # checkpointed before it: nothing lost yet
+
+
+def test_truncate_stops_when_tables_are_selected_by_include_tables(env: Env) -> None:
+    table(env)
+    proc = streaming(env, replication={"include_tables": [f"{env.db}.t"]})
+    run(env, "TRUNCATE TABLE t")
+    stops_with(proc, EXIT_DDL_STOP)
+
+
+# --- 2. SET STATEMENT ... FOR ---------------------------------------------------------------------------------
+
+
+def test_set_statement_for_truncate_stops(env: Env) -> None:
+    table(env)
+    proc = streaming(env)
+    run(env, "SET STATEMENT max_statement_time=60 FOR TRUNCATE TABLE t")
+    stops_with(proc, EXIT_DDL_STOP)
+
+
+def test_set_statement_for_alter_is_replayed_under_exec_and_keeps_the_decimals(env: Env) -> None:
+    table(env, column="v DECIMAL(10,0) NOT NULL")
+    streaming(env, replication={"on_ddl": "exec"})
+    run(
+        env,
+        "SET STATEMENT max_statement_time=60 FOR ALTER TABLE t MODIFY v DECIMAL(10,2) NOT NULL",
+        "INSERT INTO t VALUES (100, 1.75)",
+    )
+    env.wait_caught_up(timeout=60)
+    assert env.target.execute(f"SELECT v FROM {env.db}.t WHERE id = 100") == env.source.execute(
+        f"SELECT v FROM {env.db}.t WHERE id = 100"
+    )
+    assert same(env)
+
+
+# --- 3. lists of tables -------------------------------------------------------------------------------------------
+
+
+def test_drop_of_several_tables_stops_when_any_of_them_is_replicated(env: Env) -> None:
+    table(env, "excl_cache")
+    table(env, "d")
+    proc = streaming(env, replication={"exclude_tables": [f"{env.db}.excl_*"]})
+    run(env, f"DROP TABLE IF EXISTS {env.db}.excl_cache, {env.db}.d")
+    stops_with(proc, EXIT_DDL_STOP)
+    assert len(dump(env.target, env.db, "d", "id")) == 20
+
+
+def test_rename_of_several_tables_stops_when_any_of_them_is_replicated(env: Env) -> None:
+    table(env, "excl_a")
+    table(env, "c")
+    proc = streaming(env, replication={"exclude_tables": [f"{env.db}.excl_*"]})
+    run(env, "RENAME TABLE excl_a TO excl_b, c TO d")
+    stops_with(proc, EXIT_DDL_STOP)
+
+
+def test_a_statement_naming_only_excluded_tables_is_skipped(env: Env) -> None:
+    table(env, "excl_a")
+    table(env)
+    proc = streaming(env, replication={"exclude_tables": [f"{env.db}.excl_*"]})
+    run(env, "RENAME TABLE excl_a TO excl_b", "TRUNCATE TABLE excl_b", "INSERT INTO t VALUES (50, 'after')")
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+
+
+# --- 4. CREATE ... SELECT and CREATE OR REPLACE ... SELECT, logged inside a transaction --------------------------
+
+
+def test_create_select_and_create_or_replace_select_are_carried_under_exec(env: Env) -> None:
+    table(env)
+    table(env, "u", rows=40)
+    proc = streaming(env, replication={"on_ddl": "exec"})
+    run(
+        env,
+        "CREATE TABLE n (PRIMARY KEY (id)) SELECT id, v FROM t WHERE id > 5",
+        "CREATE OR REPLACE TABLE t (PRIMARY KEY (id)) SELECT id, v FROM u WHERE id % 3 = 0",
+        "INSERT INTO n VALUES (1000, 'later')",
+        "UPDATE t SET v = 'changed' WHERE id = 3",
+    )
+    env.wait_caught_up(timeout=90, proc=proc)
+    assert same(env, "n")
+    assert same(env, "t")  # the replaced table: only u's rows, not its old ones
+    assert len(dump(env.target, env.db, "t", "id")) == 13
+
+
+def test_create_select_under_stop_stops_before_its_transaction_and_ddl_exec_resumes_with_its_rows(env: Env) -> None:
+    table(env)
+    proc = streaming(env)
+    run(env, "CREATE TABLE n (PRIMARY KEY (id)) SELECT id, v FROM t")
+    stops_with(proc, EXIT_DDL_STOP)
+    shown = env.run_cli("ddl").stdout
+    assert "CREATE TABLE `n`" in shown, shown
+    resolved = env.run_cli("ddl", "--exec")
+    assert resolved.returncode == 0, resolved.stderr
+    run(env, "INSERT INTO n VALUES (500, 'after')")
+    proc = env.start_daemon()
+    env.wait_caught_up(timeout=90, proc=proc)
+    assert same(env, "n")
+    assert same(env)
+
+
+def test_rows_of_a_table_created_while_streaming_are_never_dropped_as_not_replicated(env: Env) -> None:
+    table(env)
+    proc = streaming(env, replication={"on_ddl": "ignore"})
+    run(env, "CREATE TABLE fresh (id INT PRIMARY KEY, v INT)", "INSERT INTO fresh VALUES (1, 1)")
+    stops_with(proc, EXIT_UNCARRYABLE)
+    assert f"rows of {env.db}.fresh" in env.daemon_log()
+
+
+# --- 5. savepoint rollbacks with a non-transactional table in the transaction --------------------------------
+
+
+def test_rows_rolled_back_to_a_savepoint_never_reach_the_target(env: Env, other: str) -> None:
+    table(env)
+    proc = streaming(env)
+    run(
+        env,
+        "BEGIN",
+        f"INSERT INTO {other}.audit (msg) VALUES ('a')",
+        "SAVEPOINT trans2",
+        "UPDATE t SET v = 'rolled back' WHERE id = 1",
+        "INSERT INTO t VALUES (300, 'rolled back')",
+        "ROLLBACK TO SAVEPOINT trans2",
+        "UPDATE t SET v = 'kept' WHERE id = 2",
+        "COMMIT",
+    )
+    # nested: SAVEPOINT a, b, ROLLBACK TO a drops both stretches; then a new one is released
+    run(
+        env,
+        "BEGIN",
+        "UPDATE t SET v = 'kept 3' WHERE id = 3",
+        f"INSERT INTO {other}.audit (msg) VALUES ('b')",
+        "SAVEPOINT a",
+        "DELETE FROM t WHERE id = 4",
+        "SAVEPOINT b",
+        "DELETE FROM t WHERE id = 5",
+        "ROLLBACK TO a",
+        "SAVEPOINT c",
+        "UPDATE t SET v = 'kept 6' WHERE id = 6",
+        "RELEASE SAVEPOINT c",
+        "COMMIT",
+    )
+    run(env, "INSERT INTO t VALUES (301, 'after')")
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+    assert env.target.execute(f"SELECT COUNT(*) FROM {env.db}.t WHERE v = 'rolled back'") == [(0,)]
+
+
+def test_a_rollback_to_a_savepoint_in_a_transaction_too_big_to_hold_stops(env: Env, other: str) -> None:
+    table(env)
+    before = dump(env.source, env.db, "t", "id")
+    proc = streaming(env, apply={"hold_bytes": 1024})
+    run(
+        env,
+        "BEGIN",
+        f"INSERT INTO {other}.audit (msg) VALUES ('a')",
+        "SAVEPOINT s",
+        *(f"INSERT INTO t VALUES ({1000 + i}, '{'x' * 40}')" for i in range(60)),
+        "ROLLBACK TO SAVEPOINT s",
+        "COMMIT",
+    )
+    stops_with(proc, EXIT_UNCARRYABLE)
+    assert "too big to hold" in env.daemon_log()
+    assert dump(env.target, env.db, "t", "id") == before  # the rolled-back rows were not committed
+
+
+# --- 6. XA ----------------------------------------------------------------------------------------------------
+
+
+def test_an_xa_transaction_on_a_replicated_table_is_refused_before_any_of_its_rows_is_written(env: Env) -> None:
+    table(env)
+    before = dump(env.source, env.db, "t", "id")
+    proc = streaming(env)
+    time.sleep(1.0)  # an idle spell: the batch before the XA transaction is committed, the next one is empty
+    run(
+        env,
+        "XA START 'x'",
+        "INSERT INTO t VALUES (900, 'never committed')",
+        "UPDATE t SET v = 'never committed' WHERE id = 1",
+        "XA END 'x'",
+        "XA PREPARE 'x'",
+        "XA ROLLBACK 'x'",
+    )
+    stops_with(proc, EXIT_UNCARRYABLE)
+    assert "XA transaction" in env.daemon_log()
+    assert dump(env.target, env.db, "t", "id") == before
+
+
+def test_xa_transactions_on_tables_outside_the_selection_are_skipped(env: Env, other: str) -> None:
+    table(env)
+    proc = streaming(env)
+    run(
+        env,
+        "XA START 'y'",
+        f"INSERT INTO {other}.ledger VALUES (1, 1)",
+        "XA END 'y'",
+        "XA PREPARE 'y'",
+        "XA COMMIT 'y'",
+        "XA START 'z'",
+        f"INSERT INTO {other}.ledger VALUES (2, 2)",
+        "XA END 'z'",
+        "XA COMMIT 'z' ONE PHASE",
+        "INSERT INTO t VALUES (901, 'after xa')",
+    )
+    env.wait_caught_up(proc=proc)
+    assert same(env)
+
+
+# --- 7. executable comments ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("comment", ["/*M!100100 {} */", "/*!40000 {} */", "/*! {} */"])
+def test_a_statement_inside_an_executable_comment_is_judged_as_code(env: Env, other: str, comment: str) -> None:
+    table(env)
+    proc = streaming(env)
+    run(env, comment.format(f"TRUNCATE TABLE {env.db}.t"), database=other)
+    stops_with(proc, EXIT_DDL_STOP)
+
+
+# --- the fast cutover check cannot promote over what the stream did not name --------------------------------------
+
+
+def test_a_truncate_from_another_database_clears_the_written_keys_baseline(env: Env, other: str) -> None:
+    table(env)
+    env.extra = {
+        "replication": {"on_ddl": "exec"},
+        "verify": {"interval_seconds": 3600, "touched_interval_seconds": 0},
+        "http": {"listen": f"127.0.0.1:{free_port()}"},
+    }
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    url = f"http://{env.extra['http']['listen']}/control/verify/written"
+    deadline = time.monotonic() + 60
+    while _written(url).get("baseline") is None:  # the daemon's first full pass sets it
+        assert time.monotonic() < deadline, env.daemon_log()[-3000:]
+        time.sleep(0.2)
+    truncated_at = time.time()
+    run(env, f"TRUNCATE TABLE {env.db}.t", database=other)
+    env.wait_caught_up(proc=proc)
+    assert dump(env.target, env.db, "t", "id") == []
+    # a baseline, if any, is a full pass that started after the TRUNCATE: the keys written since cover every row
+    baseline = _written(url).get("baseline")
+    assert baseline is None or float(baseline) >= truncated_at, baseline
+
+
+def _written(url: str) -> dict[str, object]:
+    for _ in range(50):
+        try:
+            request = urllib.request.Request(url, method="POST", data=b"{}")  # noqa: S310 (a loopback test URL)
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                return dict(json.loads(response.read()))
+        except (OSError, ValueError):
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer")
+
+
+# --- event accounting -------------------------------------------------------------------------------------------
+
+
+def test_every_event_read_is_applied_skipped_by_a_rule_or_stopped_and_counted(env: Env, other: str) -> None:
+    table(env)
+    port = free_port()
+    proc = streaming(env, http={"listen": f"127.0.0.1:{port}"})
+    run(env, "INSERT INTO t VALUES (100, 'a')", "UPDATE t SET v = 'b' WHERE id = 100")
+    run(env, f"INSERT INTO {other}.ledger VALUES (5, 5)", f"INSERT INTO {other}.audit (msg) VALUES ('x')")
+    run(env, "GRANT SELECT ON *.* TO 'repl'@'%'", "OPTIMIZE TABLE t", f"CREATE TABLE {other}.n (id INT PRIMARY KEY)")
+    run(env, "BEGIN", f"INSERT INTO {other}.audit (msg) VALUES ('y')", "SAVEPOINT s", "DELETE FROM t WHERE id = 1",
+        "ROLLBACK TO s", "COMMIT")  # fmt: skip
+    env.wait_caught_up(proc=proc)
+    time.sleep(1.0)
+    counts = _event_counts(port)
+    # what the server itself lists from P0, where the daemon's reader started, to the end of its binlog
+    (p0_file, p0_pos), *_ = env.target.execute(
+        f"SELECT p0_file, p0_pos FROM {env.state_schema}.state WHERE migration = '{env.name}'"
+    )
+    # (a MariaDB server sends its Annotate_rows events only to replicas that ask for them; austasync does not)
+    events = [e for e in _binlog_events(env, (str(p0_file), int(p0_pos))) if e[2] != "Annotate_rows"]
+    read = sum(c for (_, rule), c in counts.items() if rule not in ("heartbeat", "artificial"))
+    assert read == len(events), (sorted(counts.items()), [(e[2], str(e[5])[:60]) for e in events])
+    rows_events = [e for e in events if str(e[2]).endswith("_rows_v1") or str(e[2]).endswith("_rows")]
+    assert counts[("applied", "rows")] + counts[("skipped", "rolled_back")] + counts[
+        ("skipped", "table_not_selected")
+    ] == len(rows_events)
+    assert counts[("skipped", "rolled_back")] == 1
+    assert counts[("skipped", "account_management")] == 1
+    assert counts[("skipped", "table_maintenance")] == 1
+    assert counts[("skipped", "not_replicated")] == 1
+    assert counts[("stopped", "stop")] == 0
+
+
+def _event_counts(port: int) -> dict[tuple[str, str], int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts: dict[tuple[str, str], int] = {}
+    for line in text.splitlines():
+        if line.startswith("austasync_binlog_events_total{"):
+            labels, value = line[len("austasync_binlog_events_total{") :].split("} ")
+            parsed = dict(part.split("=", 1) for part in labels.split(","))
+            counts[(parsed["outcome"].strip('"'), parsed["rule"].strip('"'))] = int(float(value))
+    assert counts, "austasync_binlog_events_total is not exported"
+    return counts
+
+
+def _binlog_events(env: Env, start: tuple[str, int]) -> list[tuple[object, ...]]:
+    conn = env.source.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW BINARY LOGS")
+            files = [str(r[0]) for r in cur.fetchall()]
+            events: list[tuple[object, ...]] = []
+            for name in files[files.index(start[0]) :]:
+                cur.execute(f"SHOW BINLOG EVENTS IN '{name}'" + (f" FROM {start[1]}" if name == start[0] else ""))
+                events += list(cur.fetchall())
+            return events
+    except pymysql.err.MySQLError as exc:
+        raise AssertionError(f"cannot list the source's binlog events: {exc}") from exc
+    finally:
+        conn.close()
