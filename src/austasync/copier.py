@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import pymysql
+
 from austasync.config import DatabaseConfig
 from austasync.db import (
     CONNECTION_CHARSET,
@@ -323,7 +325,14 @@ class ChunkPrefetcher:
         try:
             while rotation and not self._stop.is_set():
                 table, cursor = rotation.pop(0)
-                chunk = self.snapshot.read_chunk(table, cursor, self.limit)
+                try:
+                    chunk = self.snapshot.read_chunk(table, cursor, self.limit)
+                except pymysql.err.ProgrammingError as exc:
+                    if exc.args[0] != 1146:
+                        raise
+                    # dropped or renamed on the source by DDL the stream has not reached: nothing to copy now;
+                    # the stream's DDL decides its cursor (done when dropped, carried over when renamed)
+                    continue
                 if not chunk.is_last:
                     rotation.append((table, chunk.last_key))
                 self._put((table, cursor, chunk))

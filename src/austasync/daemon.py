@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import re
 import sys
 import threading
 import time
@@ -85,10 +84,6 @@ from austasync.verifier import Result
 
 HEALTH_STALL_SECONDS = 30.0
 _DRAIN_SECONDS = 0.05
-_CREATE_TABLE = re.compile(
-    r"^\s*CREATE\s+TABLE\s+(?!IF\s+NOT\s+EXISTS)(?:`?(\w+)`?\.)?(?:`([^`]+)`|(\w+))", re.IGNORECASE
-)
-_COMMENT = re.compile(r"/\*(?!!).*?\*/|^\s*(--|#)[^\n]*\n", re.DOTALL)
 
 
 class Daemon:
@@ -208,14 +203,24 @@ class Daemon:
         problems = preflight.check_source(source)
         if problems:
             raise SetupError("the source is not set up for row-based replication:\n  " + "\n  ".join(problems))
-        tables = load_tables(source, self.config)
+        for attempt in range(5):
+            try:
+                tables = load_tables(source, self.config)
+                fks = load_foreign_keys(source, tables)
+                break
+            except (pymysql.err.ProgrammingError, SetupError) as exc:
+                # the catalog is read in several queries: DDL running on the source between them drops a table
+                # listed a moment ago, or shows a new one before its keys; read again before calling it a refusal
+                transient = isinstance(exc, SetupError) or exc.args[0] == 1146
+                if not transient or attempt == 4:
+                    raise
+                time.sleep(0.2)
         if not tables:
             raise SetupError(
                 f"no table selected in {', '.join(self.config.replication.databases)} on the source; check"
                 " replication.databases and the include/exclude lists"
             )
-        fks = check_foreign_keys(tables, load_foreign_keys(source, tables))
-        return source, tables, fks
+        return source, tables, check_foreign_keys(tables, fks)
 
     def _start_http(self) -> None:
         host, port = self.config.http.host_port
@@ -270,7 +275,7 @@ class Daemon:
         admin, writer = self._fence_target(source)
         checkpoint, resumed = self._load_checkpoint(source, admin, writer, tables)
         if resumed:
-            tables, fks = self._target_definitions(admin, tables)
+            tables, fks = self._target_definitions(admin)
         _check_binlog_available(source, checkpoint.position)
         for cursor in self.state.cursors(writer):
             if (cursor.db, cursor.table) in tables:
@@ -355,15 +360,20 @@ class Daemon:
             raise SetupError("the target's binlog is off; foreign writes cannot be detected. Set log_bin on the target")
         rep = self.config.replication
         identity = f"{self.config.target.host}:{self.config.target.port} server_id {variable(admin, 'server_id')}"
-        start = self._watch_resume(admin, identity) or Position(str(rows[0][0]), int(rows[0][1]))
+        previous = self.telemetry.watcher  # a pipeline restart in this process: go on where it stopped
+        carried = previous.position if previous is not None and self.telemetry.watch_target == identity else None
+        start = carried or self._watch_resume(admin, identity) or Position(str(rows[0][0]), int(rows[0][1]))
         self.telemetry.watch_target = identity
+        source_db = {rep.target_db(db): db for db in rep.databases}
         watcher = TargetWriteWatcher(
             self.config.target,
             rep.server_id,
             start,
-            {rep.target_db(db): db for db in rep.databases},
+            source_db,
             rep.state_schema,
             self._foreign_write,
+            selected=lambda db, table: db in source_db and self.selection.table(source_db[db], table),
+            own_ddl=[(first, last) for first, last, _ in self.state.own_ddl(admin)],
         )
         watcher.start()
         self.telemetry.watcher = watcher
@@ -401,13 +411,13 @@ class Daemon:
             target_position=str(position),
         )
 
-    def _target_definitions(
-        self, admin: Connection, tables: dict[TableId, Table]
-    ) -> tuple[dict[TableId, Table], list[ForeignKey]]:
+    def _target_definitions(self, admin: Connection) -> tuple[dict[TableId, Table], list[ForeignKey]]:
         """The selected tables as the target defines them: the schema as of the checkpoint, not the source's now."""
         names = {self.config.replication.target_db(db): db for db in self.config.replication.databases}
-        on_target = load_tables(admin, self.config, names)
-        merged = {tid: on_target.get(tid, table) for tid, table in tables.items()}
+        # every selected table on the target: the source's (ensure_target created those it lacked) and those the
+        # stream created that the source has dropped or renamed since, which the stream still writes; not a
+        # source table that vanished before ensure_target could create it (the stream says what became of it)
+        merged = load_tables(admin, self.config, names)
         fks = check_foreign_keys(merged, load_foreign_keys(admin, merged, names))
         return merged, fks
 
@@ -432,9 +442,15 @@ class Daemon:
                 self.state.check_fence(writer)
                 self.state.save_stop(writer, None)
                 query(writer, "COMMIT")
+        logged_from = _binlog_position(admin)
         created = ensure_target(source, admin, self.config, tables, compare=checkpoint is None)
         if created:
             self.log.info("created target tables", count=created)
+            logged_to = _binlog_position(admin)
+            if logged_from is not None and logged_to is not None:  # austasync's own DDL, not a foreign write
+                self.state.check_fence(writer)
+                self.state.record_own_ddl(writer, logged_from, logged_to, f"created {created} tables at start-up")
+                query(writer, "COMMIT")
         if checkpoint is None:
             p0 = self.start_at or _master_position(source)
             self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
@@ -751,7 +767,7 @@ class Daemon:
                     " running it on the target would copy the target's rows, not the source's. Use on_ddl = \"stop\","
                     " create and fill the table by hand, then `austasync ddl --skip`"
                 )
-            self._exec_ddl(event, applier)
+            self._exec_ddl(event, applier, parsed, verdict.tables)
             self._count("ddl_executed")
             self.scheduler.invalidate("a DDL was executed: rows may change without their keys in the binlog")
             raise _SchemaChanged(event.query)
@@ -783,7 +799,9 @@ class Daemon:
         """An event the loop decided (a statement, rows of an unknown table): its outcome, for the accounting."""
         self.tally[outcomes.key(rule)] += 1
 
-    def _exec_ddl(self, event: Statement, applier: Applier) -> None:
+    def _exec_ddl(
+        self, event: Statement, applier: Applier, parsed: statements.Parsed, tables: tuple[TableId, ...]
+    ) -> None:
         """Replay a DDL on the target at exactly its position (``on_ddl = "exec"``).
 
         DDL commits implicitly, so the checkpoint cannot move in the same transaction: a stop record marks the
@@ -811,15 +829,25 @@ class Daemon:
         self.state.check_fence(conn)
         self.state.save_stop(conn, stop)
         query(conn, "COMMIT")
-        self._drop_precreated(conn, event)
-        if self.telemetry.watcher is not None:
-            self.telemetry.watcher.own_statements.add(event.query.strip())
+        # where the target's binlog shows austasync's own DDL: open until it has run, as the watcher may read it first
+        logged_from = _binlog_position(conn)
+        watcher = self.telemetry.watcher
+        if watcher is not None and logged_from is not None:
+            watcher.own_ddl.append((logged_from, None))
+        self._drop_precreated(conn, parsed, event.schema)
         # the statement's default database, when it is a replicated one: another database need not exist on the
         # target, and the statement names its replicated tables qualified then (judge() resolved them so)
         replicated = event.schema and self.selection.database(event.schema)
         database = self.config.replication.target_db(event.schema) if replicated else None
         execute_ddl(conn, event.query, database, event.sql_mode, event.timestamp, event.time_zone)
+        logged_to = _binlog_position(conn)
         self.state.check_fence(conn)
+        if logged_from is not None and logged_to is not None:
+            self.state.record_own_ddl(conn, logged_from, logged_to, event.query)
+            if watcher is not None:
+                watcher.own_ddl.append((logged_from, logged_to))
+        if watcher is not None and logged_from is not None:
+            watcher.own_ddl.remove((logged_from, None))
         if event.in_transaction:
             # CREATE ... SELECT (MariaDB logs the table's definition, then its rows, in one transaction): the stream
             # resumes at the transaction's start and takes the rows, knowing the statement has run
@@ -828,35 +856,45 @@ class Daemon:
         else:
             self.state.save_position(conn, event.position, 0, self.telemetry.phase)
             self.state.save_stop(conn, None)
-        self._restart_copies_touched_by(conn, event.query)
+        self._cursors_after_ddl(conn, parsed, event.schema, tables)
         query(conn, "COMMIT")
         self.log.info("DDL replayed on the target", statement=event.query[:500], position=str(event.position))
 
-    def _drop_precreated(self, conn: Connection, event: Statement) -> None:
-        """A CREATE TABLE whose table austasync already created from the source's newer definition at start-up.
+    def _drop_precreated(self, conn: Connection, parsed: statements.Parsed, schema: str) -> None:
+        """Tables a DDL creates (CREATE TABLE, the new name of a RENAME) that austasync already created at start-up
+        from the source's newer definition: still uncopied (no chunk of a table can be copied before the stream
+        passes its creation), so they are dropped and made the way the stream says, at this position."""
+        for ref in statements.created_tables(parsed):
+            db = ref.db or schema
+            cursor = self.telemetry.cursors.get((db, ref.name))
+            if cursor is not None and not cursor.done:
+                target = f"{quote_ident(self.config.replication.target_db(db))}.{quote_ident(ref.name)}"
+                query(conn, f"DROP TABLE IF EXISTS {target}")
+                self.log.info("dropped a table created ahead of the stream", table=f"{db}.{ref.name}")
 
-        That table is still uncopied (nothing relies on its rows), so it is dropped and created the way the
-        stream says, at this position; its copy starts over.
-        """
-        match = _CREATE_TABLE.match(_COMMENT.sub("", event.query))
-        if not match:
-            return
-        name = match.group(2) or match.group(3)
-        db = match.group(1) or event.schema
-        cursor = self.telemetry.cursors.get((db, name))
-        if cursor is not None and not cursor.done:
-            target = f"{quote_ident(self.config.replication.target_db(db))}.{quote_ident(name)}"
-            statement = f"DROP TABLE IF EXISTS {target}"
-            if self.telemetry.watcher is not None:
-                self.telemetry.watcher.own_statements.add(statement)  # ours, not a foreign write
-            query(conn, statement)
-            self.log.info("dropped a table created ahead of the stream", table=f"{db}.{name}")
-
-    def _restart_copies_touched_by(self, conn: Connection, statement: str) -> None:
-        """A table still being copied whose shape changed is copied again from its first key."""
-        lowered = statement.lower()
-        for cursor in list(self.telemetry.cursors.values()):
-            if not cursor.done and cursor.table.lower() in lowered:
+    def _cursors_after_ddl(
+        self, conn: Connection, parsed: statements.Parsed, schema: str, tables: tuple[TableId, ...]
+    ) -> None:
+        """Copy cursors after a DDL ran on the target: a table the stream created gets every row from the stream
+        (nothing to copy); a renamed table keeps its copy's progress under its new name; any other table it names
+        that is still being copied starts its copy again (its shape changed)."""
+        cursors = self.telemetry.cursors
+        owned: dict[TableId, bool] = {}
+        renamed = statements.renamed_tables(parsed)
+        for old, new in renamed:
+            before = cursors.get((old.db or schema, old.name))
+            owned[(new.db or schema, new.name)] = before is not None and before.done
+            owned.setdefault((old.db or schema, old.name), True)  # gone under that name: nothing to copy
+        if not renamed:
+            owned.update({(ref.db or schema, ref.name): True for ref in statements.created_tables(parsed)})
+        if parsed.verb.removeprefix("SET STATEMENT ... FOR ").startswith("DROP TABLE"):
+            owned.update({(ref.db or schema, ref.name): True for ref in parsed.objects})  # gone: nothing to copy
+        for (db, name), done in owned.items():
+            if self.selection.table(db, name):
+                self.state.set_stream_owned(conn, db, name, done)
+        for tid in tables:
+            cursor = cursors.get(tid)
+            if tid not in owned and cursor is not None and not cursor.done:
                 restarted = CopyCursor(cursor.db, cursor.table, None, False, 0, cursor.rows_estimated)
                 self.state.save_cursor(conn, restarted)
                 self.telemetry.set_cursor(restarted)
@@ -1352,6 +1390,15 @@ def execute_ddl(
         query(conn, statement)
     finally:
         query(conn, "SET SESSION sql_mode = %s, time_zone = %s, timestamp = DEFAULT", (previous[0], previous[1]))
+
+
+def _binlog_position(conn: Connection) -> Position | None:
+    """The server's binlog end, or None without the privilege to read it (the watcher then reports the DDL as a
+    foreign write: a false alarm, never a missed one)."""
+    try:
+        return _master_position(conn)
+    except (pymysql.err.MySQLError, SetupError):
+        return None
 
 
 def _master_position(conn: Connection) -> Position:

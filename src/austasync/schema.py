@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import pymysql
+
 from austasync.config import Config
 from austasync.db import Connection, query
 from austasync.errors import SetupError
@@ -370,7 +372,13 @@ def ensure_target(
         tdb = config.replication.target_db(table.db)
         existing = _shape(target, tdb, table.name)
         if not existing:
-            ddl = str(query(source, f"SHOW CREATE TABLE {qualified(table.db, table.name)}")[0][1])
+            try:
+                ddl = str(query(source, f"SHOW CREATE TABLE {qualified(table.db, table.name)}")[0][1])
+            except pymysql.err.ProgrammingError as exc:
+                if exc.args[0] != 1146:
+                    raise
+                continue  # dropped on the source since it was listed: the stream says what becomes of it
+
             query(target, f"USE {quote_ident(tdb)}")
             query(target, "SET SESSION foreign_key_checks = 0")
             query(target, ddl)

@@ -58,6 +58,19 @@ _DDL = (
         rows_estimated BIGINT UNSIGNED NOT NULL DEFAULT 0,
         PRIMARY KEY (migration, db, tbl)
     ) ENGINE=InnoDB""",
+    # DDL austasync ran on the target (on_ddl = "exec", `austasync ddl --exec`), by the target binlog positions it
+    # was logged between: the target-write watcher tells them from someone else's, across restarts too
+    """CREATE TABLE IF NOT EXISTS {s}.own_ddl (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        migration VARCHAR(64) NOT NULL,
+        from_file VARCHAR(255) NOT NULL,
+        from_pos BIGINT UNSIGNED NOT NULL,
+        to_file VARCHAR(255) NOT NULL,
+        to_pos BIGINT UNSIGNED NOT NULL,
+        statement TEXT NOT NULL,
+        at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        KEY (migration, id)
+    ) ENGINE=InnoDB""",
 )
 
 
@@ -274,6 +287,41 @@ class TargetState:
                 cursor.table,
             ),
         )
+
+    def set_stream_owned(self, conn: Connection, db: str, table: str, done: bool) -> None:
+        """A table the stream created (done: every row it will hold comes from the stream) or renamed into being
+        (``done`` as the old name's copy was); its copy cursor starts afresh."""
+        query(
+            conn,
+            f"INSERT INTO {self.schema}.copy_cursor (migration, db, tbl, done) VALUES (%s, %s, %s, %s)"
+            " ON DUPLICATE KEY UPDATE done = VALUES(done), cursor_hex = NULL, rows_copied = 0",
+            (self.migration, db, table, int(done)),
+        )
+
+    def record_own_ddl(self, conn: Connection, start: Position, end: Position, statement: str) -> None:
+        """Note a DDL austasync ran on the target, logged in the target's binlog between ``start`` and ``end``."""
+        query(
+            conn,
+            f"INSERT INTO {self.schema}.own_ddl (migration, from_file, from_pos, to_file, to_pos, statement)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (self.migration, start.file, start.pos, end.file, end.pos, statement[:4000]),
+        )
+        # the last thousand are plenty: the watcher resumes at most from where the last daemon stopped
+        query(
+            conn,
+            f"DELETE FROM {self.schema}.own_ddl WHERE migration = %s AND id <= (SELECT id FROM (SELECT id FROM"
+            f" {self.schema}.own_ddl WHERE migration = %s ORDER BY id DESC LIMIT 1 OFFSET 1000) AS old)",
+            (self.migration, self.migration),
+        )
+
+    def own_ddl(self, conn: Connection) -> list[tuple[Position, Position, str]]:
+        rows = query(
+            conn,
+            f"SELECT from_file, from_pos, to_file, to_pos, statement FROM {self.schema}.own_ddl WHERE migration = %s"
+            " ORDER BY id",
+            (self.migration,),
+        )
+        return [(Position(str(r[0]), int(r[1])), Position(str(r[2]), int(r[3])), str(r[4])) for r in rows]
 
     def mark_copied(self, conn: Connection) -> None:
         """Every table counts as copied (a reverse stream: both sides were proven equal at its start)."""

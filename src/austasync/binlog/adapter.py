@@ -1093,6 +1093,13 @@ def _translate(exc: BaseException, start: Position) -> BaseException:
     return UnavailableError(f"binlog stream from the source failed: {type(exc).__name__}: {exc}")
 
 
+# statements on the target that change no replicated object: not foreign writes (trigger and event DDL are:
+# the target must have none before cutover)
+_WATCHER_IGNORES = {
+    "transaction_control", "account_management", "table_maintenance", "server_admin", "temporary_table",
+    "not_replicated",
+}  # fmt: skip
+
 # --- target write watcher ---------------------------------------------------------------------------------------
 
 
@@ -1118,6 +1125,8 @@ class TargetWriteWatcher:
         on_foreign: Callable[[str, int, Position], None],
         *,
         heartbeat_seconds: float = 5.0,
+        selected: Callable[[str, str], bool] = lambda db, table: True,
+        own_ddl: list[tuple[Position, Position]] | None = None,
     ) -> None:
         self._settings = {
             "host": target.host,
@@ -1133,7 +1142,10 @@ class TargetWriteWatcher:
         self.replicated = dict(replicated_dbs)  # database on the target -> source name
         self.state_schema = state_schema
         self.on_foreign = on_foreign
-        self.own_statements: set[str] = set()
+        # DDL austasync ran on the target, by the binlog positions it was logged between (kept in the state)
+        # (the end is None while austasync runs one: the watcher may read it before the run returns)
+        self.own_ddl: list[tuple[Position, Position | None]] = list(own_ddl or ())
+        self._selection = statements.Selection(self.replicated, selected)
         self.error: BaseException | None = None
         self._heartbeat = heartbeat_seconds
         self._stop = threading.Event()
@@ -1248,18 +1260,17 @@ class TargetWriteWatcher:
             self.on_foreign(table, events, self.position)
 
     def _statement(self, text: str, schema: str, end: Position) -> None:
-        if text.upper() in ("BEGIN", "COMMIT", "ROLLBACK") or text in self.own_statements:
+        """A statement on the target, judged as the stream judges the source's: reported unless it provably
+        touches no replicated object or austasync ran it."""
+        if any(first < end and (last is None or end <= last) for first, last in list(self.own_ddl)):
             return
-        lowered = text.lower()
-        if lowered.startswith(("savepoint", "release", "rollback to", "flush", "analyze", "optimize")):
+        parsed = statements.parse(text)
+        verdict = statements.judge(parsed, schema, self._selection)
+        if verdict.action == "skip" and verdict.rule in _WATCHER_IGNORES:
             return
-        # the statement's default database, or else the first replicated one it names
-        target_db = schema if schema in self.replicated else None
-        for db in self.replicated:
-            if target_db is None and (f"{db.lower()}." in lowered or f"`{db.lower()}`" in lowered):
-                target_db = db
-        if target_db is not None:
-            self.on_foreign(f"{self.replicated[target_db]} (statement)", 1, end)
+        names = [f"{self.replicated.get(db, db)}.{table}" for db, table in verdict.tables]
+        where = ", ".join(names) if names else self.replicated.get(schema, schema) or "(no database)"
+        self.on_foreign(f"{where} (statement: {parsed.verb})", 1, end)
 
     @property
     def alive(self) -> bool:

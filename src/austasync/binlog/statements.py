@@ -87,6 +87,7 @@ class Parsed:
     one_phase: bool = False  # XA COMMIT ... ONE PHASE
     temporary: bool = False
     replace: bool = False  # CREATE OR REPLACE
+    if_not_exists: bool = False  # CREATE ... IF NOT EXISTS
     select: bool = False  # CREATE TABLE ... SELECT logged as text (statement format): the rows are not logged
     qualifiers: frozenset[str] = frozenset()  # identifiers followed by "." anywhere (database names, for DML)
     reason: str = ""  # why an "unknown" statement could not be classified
@@ -577,7 +578,7 @@ def _create(c: _Cursor) -> Parsed:
 
 
 def _create_table(c: _Cursor, verb: str, *, replace: bool, temporary: bool) -> Parsed:
-    _if_not_exists(c)
+    if_not_exists = c.words("IF", "NOT", "EXISTS")
     db, name = c.name()
     # the rest: a definition, LIKE other, options, partitioning, then perhaps [IGNORE|REPLACE] [AS] SELECT ...: a
     # query outside the definition's parentheses (or a parenthesised one) means the rows were not logged as rows
@@ -594,7 +595,15 @@ def _create_table(c: _Cursor, verb: str, *, replace: bool, temporary: bool) -> P
             token.is_word("SELECT", "VALUES", "TABLE") or (token.is_word("WITH") and not c.at_word("SYSTEM"))
         ):
             select = True
-    return Parsed("ddl", verb, (ObjectRef("table", db, name),), temporary=temporary, replace=replace, select=select)
+    return Parsed(
+        "ddl",
+        verb,
+        (ObjectRef("table", db, name),),
+        temporary=temporary,
+        replace=replace,
+        select=select,
+        if_not_exists=if_not_exists,
+    )
 
 
 def _index(c: _Cursor, verb: str) -> Parsed:
@@ -754,6 +763,32 @@ def _truncate(c: _Cursor) -> Parsed:
     db, name = c.name()
     _wait_clause(c)
     return Parsed("ddl", "TRUNCATE", (ObjectRef("table", db, name),))
+
+
+def created_tables(parsed: Parsed) -> list[ObjectRef]:
+    """The tables a DDL brings into being under a new name: CREATE TABLE (without IF NOT EXISTS, which may leave an
+    existing one), the new names of RENAME TABLE and ALTER TABLE ... RENAME TO."""
+    tables = [ref for ref in parsed.objects if ref.kind == "table"]
+    verb = parsed.verb.removeprefix("SET STATEMENT ... FOR ")
+    if verb in ("CREATE TABLE", "CREATE OR REPLACE TABLE") and not parsed.if_not_exists:
+        return tables[:1]
+    if verb == "RENAME TABLE":
+        return tables[1::2]
+    if verb == "ALTER TABLE":
+        return tables[1:]
+    return []
+
+
+def renamed_tables(parsed: Parsed) -> list[tuple[ObjectRef, ObjectRef]]:
+    """(old, new) of RENAME TABLE and ALTER TABLE ... RENAME TO (and EXCHANGE PARTITION's other table, which
+    trades rows with the first: its copy progress cannot be kept either way)."""
+    tables = [ref for ref in parsed.objects if ref.kind == "table"]
+    verb = parsed.verb.removeprefix("SET STATEMENT ... FOR ")
+    if verb == "RENAME TABLE":
+        return list(zip(tables[::2], tables[1::2], strict=False))
+    if verb == "ALTER TABLE":
+        return [(tables[0], new) for new in tables[1:]]
+    return []
 
 
 # --- judging ----------------------------------------------------------------------------------------------------
