@@ -105,6 +105,13 @@ REFERENCE: list[tuple[str, str, str, str]] = [
         "",
         "Unix time of the last event or heartbeat received from the source.",
     ),
+    (
+        "austasync_binlog_events_total",
+        "counter",
+        "outcome, rule",
+        "Binlog events read, by outcome (applied, skipped, stopped) and the rule that decided it (see 'Event"
+        " accounting'); every event read is counted exactly once, so the outcomes add up to the events read.",
+    ),
 ]
 
 
