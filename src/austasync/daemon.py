@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 import pymysql
 
+from austasync import ddl_resume, preflight, readiness, sdnotify
 from austasync import log as logmod
-from austasync import preflight, readiness, sdnotify
 from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
 from austasync.binlog import outcomes, statements
@@ -29,6 +29,8 @@ from austasync.copier import Chunk, ChunkPrefetcher, SnapshotReader
 from austasync.db import (
     CONNECTION_LOST,
     Connection,
+    binlog_end,
+    binlog_end_or_none,
     connect,
     query,
     setup_source_session,
@@ -36,6 +38,7 @@ from austasync.db import (
     status,
     variable,
 )
+from austasync.ddl_resume import ddl_applied_marker
 from austasync.errors import (
     AustasyncError,
     BinlogPurgedError,
@@ -309,7 +312,11 @@ class Daemon:
         copying = any(not c.done for c in self.telemetry.cursors.values())
         snapshot = SnapshotReader(self.config.source) if copying else None
         self.telemetry.set_phase("copying" if snapshot else "streaming")
-        applier.phase = self.telemetry.phase
+        applier.phase = checkpoint.phase
+        if checkpoint.phase != self.telemetry.phase:
+            # a restart after DDL can find the copy finished (the last pending table renamed or dropped): the
+            # checkpoint says so now, not at the next source event, which may be hours away on an idle source
+            applier.commit(phase=self.telemetry.phase)
         self.log.info(
             "started",
             position=str(checkpoint.position),
@@ -428,6 +435,11 @@ class Daemon:
         checkpoint = self.state.load(writer)
         if checkpoint is not None and checkpoint.pending_stop:
             stop = checkpoint.pending_stop
+            # killed while running a DDL under on_ddl = "exec": the target's binlog tells whether it ran
+            if ddl_resume.interrupted(stop) and ddl_resume.recover(
+                self.config, self.state, writer, admin, stop, checkpoint.phase, self.log
+            ):
+                return self._load_checkpoint(source, admin, writer, tables)
             if stop.get("kind", "ddl_stop") == "ddl_stop":
                 self.telemetry.pending_stop = stop
                 self.telemetry.set_phase("stopped_ddl")
@@ -442,17 +454,17 @@ class Daemon:
                 self.state.check_fence(writer)
                 self.state.save_stop(writer, None)
                 query(writer, "COMMIT")
-        logged_from = _binlog_position(admin)
+        logged_from = binlog_end_or_none(admin)
         created = ensure_target(source, admin, self.config, tables, compare=checkpoint is None)
         if created:
             self.log.info("created target tables", count=created)
-            logged_to = _binlog_position(admin)
+            logged_to = binlog_end_or_none(admin)
             if logged_from is not None and logged_to is not None:  # austasync's own DDL, not a foreign write
                 self.state.check_fence(writer)
                 self.state.record_own_ddl(writer, logged_from, logged_to, f"created {created} tables at start-up")
                 query(writer, "COMMIT")
         if checkpoint is None:
-            p0 = self.start_at or _master_position(source)
+            p0 = self.start_at or binlog_end(source)
             self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
             if self.assume_copied:
                 self.state.mark_copied(writer)
@@ -814,6 +826,9 @@ class Daemon:
                 f"DDL at {event.start} names a database that is renamed on the target: {event.query[:300]!r}."
                 ' Use on_ddl = "stop" and apply it by hand'
             )
+        conn = applier.conn
+        # where the target's binlog shows austasync's own DDL: open until it has run, as the watcher may read it first
+        logged_from = binlog_end_or_none(conn)
         stop = {
             "kind": "ddl_stop",
             "statement": event.query,
@@ -823,14 +838,14 @@ class Daemon:
             "sql_mode": event.sql_mode,
             "timestamp": event.timestamp,
             "time_zone": event.time_zone,
+            "in_transaction": event.in_transaction,
             "executing": True,
         }
-        conn = applier.conn
+        if logged_from is not None:  # what a restart needs to tell whether an interrupted execution ran
+            stop |= {"target_from": str(logged_from), "thread": connection_id(conn)}
         self.state.check_fence(conn)
         self.state.save_stop(conn, stop)
         query(conn, "COMMIT")
-        # where the target's binlog shows austasync's own DDL: open until it has run, as the watcher may read it first
-        logged_from = _binlog_position(conn)
         watcher = self.telemetry.watcher
         if watcher is not None and logged_from is not None:
             watcher.own_ddl.append((logged_from, None))
@@ -840,7 +855,7 @@ class Daemon:
         replicated = event.schema and self.selection.database(event.schema)
         database = self.config.replication.target_db(event.schema) if replicated else None
         execute_ddl(conn, event.query, database, event.sql_mode, event.timestamp, event.time_zone)
-        logged_to = _binlog_position(conn)
+        logged_to = binlog_end_or_none(conn)
         self.state.check_fence(conn)
         if logged_from is not None and logged_to is not None:
             self.state.record_own_ddl(conn, logged_from, logged_to, event.query)
@@ -1392,25 +1407,6 @@ def execute_ddl(
         query(conn, "SET SESSION sql_mode = %s, time_zone = %s, timestamp = DEFAULT", (previous[0], previous[1]))
 
 
-def _binlog_position(conn: Connection) -> Position | None:
-    """The server's binlog end, or None without the privilege to read it (the watcher then reports the DDL as a
-    foreign write: a false alarm, never a missed one)."""
-    try:
-        return _master_position(conn)
-    except (pymysql.err.MySQLError, SetupError):
-        return None
-
-
-def _master_position(conn: Connection) -> Position:
-    try:
-        rows = query(conn, "SHOW BINARY LOG STATUS")
-    except Exception:  # noqa: BLE001 (before MySQL 8.2 / on MariaDB the statement is SHOW MASTER STATUS)
-        rows = query(conn, "SHOW MASTER STATUS")
-    if not rows:
-        raise SetupError("the source's binlog is off (SHOW MASTER STATUS is empty); set log_bin in its my.cnf")
-    return Position(str(rows[0][0]), int(rows[0][1]))
-
-
 def _check_binlog_available(conn: Connection, position: Position) -> None:
     files = [str(r[0]) for r in query(conn, "SHOW BINARY LOGS")]
     if position.file not in files:
@@ -1420,12 +1416,6 @@ def _check_binlog_available(conn: Connection, position: Position) -> None:
             " with `austasync reset --config FILE`, then `austasync run`; raise binlog_expire_logs_seconds on the"
             " source so it does not happen again"
         )
-
-
-def ddl_applied_marker(statement: str, start: Position, end: Position) -> dict[str, Any]:
-    """The state's note that a DDL inside the transaction starting at ``start`` ran on the target: the stream
-    resumes at ``start`` and skips the statement ending at ``end`` (not a stop: the gate ignores it)."""
-    return {"kind": "ddl_applied", "statement": statement[:2000], "start": str(start), "end": str(end)}
 
 
 def _ddl_message(stop: dict[str, Any]) -> str:

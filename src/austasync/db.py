@@ -18,7 +18,8 @@ import pymysql.connections
 import pymysql.cursors
 
 from austasync.config import DatabaseConfig
-from austasync.errors import UnavailableError
+from austasync.errors import SetupError, UnavailableError
+from austasync.position import Position
 
 # every session's character_set_client/connection: a literal in it needs no introducer
 CONNECTION_CHARSET = "utf8mb4"
@@ -253,3 +254,24 @@ def status(conn: Connection, name: str) -> str | None:
         return None
     value = rows[0][1]
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def binlog_end(conn: Connection) -> Position:
+    """The server's binlog end (``SHOW BINARY LOG STATUS``, or ``SHOW MASTER STATUS`` before MySQL 8.2 and on
+    MariaDB)."""
+    try:
+        rows = query(conn, "SHOW BINARY LOG STATUS")
+    except Exception:  # noqa: BLE001 (before MySQL 8.2 / on MariaDB the statement is SHOW MASTER STATUS)
+        rows = query(conn, "SHOW MASTER STATUS")
+    if not rows:
+        raise SetupError("the server's binlog is off (SHOW MASTER STATUS is empty); set log_bin in its my.cnf")
+    return Position(str(rows[0][0]), int(rows[0][1]))
+
+
+def binlog_end_or_none(conn: Connection) -> Position | None:
+    """The server's binlog end, or None without the privilege to read it (the watcher then reports a DDL of
+    austasync's as a foreign write: a false alarm, never a missed one)."""
+    try:
+        return binlog_end(conn)
+    except (pymysql.err.MySQLError, SetupError):
+        return None

@@ -6,11 +6,11 @@ Both take the Redis lease and fence the target first, so they never race a runni
 from __future__ import annotations
 
 from austasync.config import Config
-from austasync.daemon import ddl_applied_marker, execute_ddl
+from austasync.daemon import execute_ddl
 from austasync.db import Connection, connect, query, setup_target_session
+from austasync.ddl_resume import finish
 from austasync.errors import ConfigError, UnavailableError
 from austasync.mirror import Mirror
-from austasync.position import Position
 from austasync.state import TargetState, connection_id, holder_name
 
 
@@ -52,16 +52,7 @@ def resolve_ddl(config: Config, action: str | None) -> str:
                 conn, stop["statement"], target_db, stop.get("sql_mode"), stop.get("timestamp"), stop.get("time_zone")
             )
         state.check_fence(conn)
-        end, start = Position.parse(stop["end"]), Position.parse(stop["start"])
-        if stop.get("in_transaction"):
-            # the rows of its transaction (CREATE ... SELECT) are still to come: resume at the transaction's start
-            state.save_position(conn, start, 0, checkpoint.phase)
-            state.save_stop(conn, ddl_applied_marker(stop["statement"], start, end))
-            resumes = f"{start}, with the rows of its transaction"
-        else:
-            state.save_position(conn, end, 0, checkpoint.phase)
-            state.save_stop(conn, None)
-            resumes = str(end)
+        resumes = finish(state, conn, stop, checkpoint.phase)
         query(conn, "COMMIT")
         mirror.forget_watch_position()  # the DDL on the target (by hand or just now) is no foreign write
         done = "executed on the target and skipped" if action == "exec" else "skipped"

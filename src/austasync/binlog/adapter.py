@@ -19,6 +19,7 @@ Traps of the library handled here (DESIGN.md, notes/binlog-library.md):
 from __future__ import annotations
 
 import contextlib
+import io
 import queue
 import re
 import socket
@@ -26,7 +27,9 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Collection, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import pymysql
@@ -153,6 +156,8 @@ _MAX_PACKET = 0xFFFFFF  # a payload this long continues in the next packet
 _TABLE_MAP, _XID, _QUERY, _ROTATE, _FORMAT_DESCRIPTION, _MARIADB_GTID = 19, 16, 2, 4, 15, 162
 _PARTIAL_UPDATE_ROWS = 39
 _INTVAR = 5
+_PREVIOUS_GTIDS = 35
+_LOG_EVENT_IGNORABLE_F = 0x80  # header flag: a replica that does not know the event may drop it
 _XA_PREPARE = 38
 _GTID_EVENTS = {33, 34, 162}  # MySQL GTID and anonymous GTID, MariaDB GTID: each starts a transaction group
 _UNREADABLE = {40, 165, 166, 167, 168, 169, 170, 171}  # compressed events: the watcher cannot name their tables
@@ -165,6 +170,7 @@ _FRAME = struct.Struct("<IBIBIIIHIH").unpack_from
 _FRAME_SIZE = 30
 _K_ROWS, _K_ALREADY, _K_NOT_SELECTED = outcomes.ROWS, outcomes.ALREADY_APPLIED, outcomes.NOT_SELECTED
 _K_TABLE_MAP, _K_TRANSACTION, _K_ARTIFICIAL = outcomes.TABLE_MAP, outcomes.TRANSACTION, outcomes.ARTIFICIAL
+_K_IGNORABLE = outcomes.key("ignorable")
 _new_tuple = tuple.__new__  # builds a LiteralRows without its generated __new__ (one Python call less per event)
 
 
@@ -319,6 +325,16 @@ class _TableMap:
         )
         self.codec: _TableCodec | None = None
 
+    @classmethod
+    def outside(cls, schema: str, name: str, content: bytes) -> _TableMap:
+        """The map of a table outside the selection: its rows are only counted, so its columns are never parsed
+        (the library cannot parse every map: MySQL 9's VECTOR metadata makes it raise)."""
+        entry = cls.__new__(cls)
+        entry.content, entry.schema, entry.name = content, schema, name
+        entry.label = f"{schema}.{name}"
+        entry.table, entry.unknown, entry.specs, entry.named, entry.codec = None, False, (), False, None
+        return entry
+
 
 def _spec(column: Any) -> ColumnSpec:
     ctype = int(column.type)
@@ -343,6 +359,20 @@ def _private(stream: Any, name: str) -> Any:
         raise RuntimeError(f"python-mysql-replication changed: BinLogStreamReader has no {name}") from None
 
 
+class _PostHeaders(dict[int, int]):
+    """Post-header lengths of the rows event types the format description declares readable.
+
+    MySQL 8.4 and 9.x declare 0 bytes for the version-1 rows events they no longer write: such a file is read, and
+    only a rows event of a type so declared, should one arrive, is refused.
+    """
+
+    def __missing__(self, event_type: int) -> int:
+        raise UncarryableValueError(
+            f"binlog rows event of type {event_type}, which the binlog's format description declares too short to"
+            " read: austasync cannot decode it"
+        )
+
+
 class _Library:
     """Parses the events austasync does not decode itself with the library, as its own read loop would."""
 
@@ -357,7 +387,11 @@ class _Library:
 
     def set_post_header_lengths(self, lengths: list[int] | None) -> None:
         self.post_header_lengths = lengths
-        self.rows_post_header = {t: self.post_header(t, 10 if t in _ROWS_V2 else 8) for t in _ROWS_EVENTS}
+        usable = {}
+        for event_type in _ROWS_EVENTS:
+            with contextlib.suppress(UncarryableValueError):
+                usable[event_type] = self.post_header(event_type, 10 if event_type in _ROWS_V2 else 8)
+        self.rows_post_header = _PostHeaders(usable)
 
     def event(self, payload: bytes) -> Any:
         """The library's event for one packet (None for types it is told to skip, as its reader would)."""
@@ -392,6 +426,44 @@ class _Library:
         return declared
 
 
+def _connection_settings(db: DatabaseConfig, read_timeout: float) -> dict[str, Any]:
+    """The library's connection settings for a server (the password revealed only into them)."""
+    return {
+        "host": db.host,
+        "port": db.port,
+        "user": db.user,
+        "passwd": db.password.reveal(),
+        "connect_timeout": db.connect_timeout_seconds,
+        "read_timeout": read_timeout,
+        **tls_options(db),
+    }
+
+
+def logged_statements(server: DatabaseConfig, server_id: int, start: Position) -> list[tuple[int, str]]:
+    """(connection id, text) of every statement ``server`` logged as text from ``start`` to its binlog's end now.
+
+    The id is the session that ran it (the Query event's thread id): how a restart tells whether a DDL of its own,
+    interrupted by a kill, ran (:mod:`austasync.ddl_resume`).
+    """
+    stream = BinLogStreamReader(
+        connection_settings=_connection_settings(server, 30.0),
+        server_id=server_id,
+        resume_stream=True,
+        blocking=False,
+        log_file=start.file,
+        log_pos=start.pos,
+        only_events=[QueryEvent],
+        freeze_schema=True,
+        is_mariadb=False,  # with True the dump ignores file/pos and starts at the oldest binlog
+        enable_logging=False,
+        pymysql_wrapper=DriverConnection,
+    )
+    try:
+        return [(int(event.slave_proxy_id), str(event.query)) for event in stream]
+    finally:
+        stream.close()
+
+
 def _lost(detail: str) -> pymysql.err.OperationalError:
     return pymysql.err.OperationalError(2013, f"Lost connection to MySQL server during binlog streaming ({detail})")
 
@@ -409,7 +481,7 @@ class BinlogReader:
 
     def __init__(
         self,
-        source: DatabaseConfig,
+        source: DatabaseConfig | None,
         server_id: int,
         tables: Mapping[TableId, Table],
         start: Position,
@@ -441,15 +513,8 @@ class BinlogReader:
         self._index = 0
         self._maps: dict[bytes, _TableMap] = {}
         self._maps_by_id: dict[int, _TableMap] = {}
-        self._settings = {
-            "host": source.host,
-            "port": source.port,
-            "user": source.user,
-            "passwd": source.password.reveal(),
-            "connect_timeout": source.connect_timeout_seconds,
-            "read_timeout": read_timeout_seconds,
-            **tls_options(source),
-        }
+        # no source: a reader for :meth:`replay` only
+        self._settings = {} if source is None else _connection_settings(source, read_timeout_seconds)
         self._server_id = server_id
         self._heartbeat = heartbeat_seconds
         self._thread = threading.Thread(target=self._run, name="binlog-reader", daemon=True)
@@ -556,6 +621,41 @@ class BinlogReader:
             self._packets(stream, state)
         finally:
             stream.close()
+
+    def replay(self, data: bytes) -> list[Event]:
+        """The events of a binlog file's bytes, read offline by the same packet loop as a live dump's.
+
+        For tests with bytes real servers wrote (MySQL's among them, where no MySQL server runs): each event is
+        framed as the dump would send it and the loop runs to the end of the file; a stop raises as it would live.
+        ``tally`` counts the outcomes as it does live.
+        """
+        if not data.startswith(b"\xfebin"):
+            raise ValueError("not a binlog file (no magic number)")
+        stream = BinLogStreamReader(connection_settings={}, server_id=1, filter_non_implemented_events=False)
+        events, framed, pos, seq = [], [], 4, 1
+        while pos + 19 <= len(data):
+            size = int.from_bytes(data[pos + 9 : pos + 13], "little")
+            events.append(data[pos : pos + size])
+            pos += size
+        for event in events:
+            framed.append(len(event + b"\0").to_bytes(3, "little") + bytes([seq]) + b"\0" + event)
+            seq = (seq + 1) & 0xFF
+        framed.append(b"\x05\x00\x00" + bytes([seq]) + b"\xfe\x00\x00\x02\x00")  # the dump's end (EOF)
+        dbms = "mysql"
+        if events and events[0][4] == _FORMAT_DESCRIPTION:
+            fde = events[0]
+            # a checksummed file ends each event in a CRC32 of the rest, the format description included
+            stream._BinLogStreamReader__use_checksum = zlib.crc32(fde[:-4]) == int.from_bytes(fde[-4:], "little")
+            dbms = "mariadb" if b"MariaDB" in fde[21:71] else "mysql"
+        stream._stream_connection = SimpleNamespace(_rfile=io.BytesIO(b"".join(framed)), _next_seq_id=1)
+        # what the library asks of its control connection while parsing; nothing is queried
+        stream._ctl_connection = SimpleNamespace(charset="utf8mb4", _get_dbms=lambda: dbms)
+        stream.log_file, stream.log_pos = self.start_position.file, self.start_position.pos
+        self.events = queue.Queue()  # nobody consumes while the file is read: unbounded
+        state = _TxnState(self.start_position, self.tally, self.applied_events)
+        self._packets(stream, state)
+        out = [event for batch in self.events.queue for event in batch]
+        return [*out, *self._out]
 
     def _packets(self, stream: Any, state: _TxnState) -> None:  # noqa: PLR0915 (one inlined hot loop)
         """Read the dump's packets from the library's connection and turn them into events until stopped.
@@ -704,6 +804,10 @@ class BinlogReader:
         """An event austasync does not decode itself: the library parses it, :meth:`_convert` classifies it."""
         if etype == _PARTIAL_UPDATE_ROWS:
             self._refuse(etype, Position(stream.log_file, log_pos), state)
+        if etype == _PREVIOUS_GTIDS and log_pos:
+            # binlog metadata austasync needs nothing of; the library misreads MySQL 9's tagged form, so not parsed
+            self._skipped(outcomes.METADATA, Position(stream.log_file, log_pos), state)
+            return
         event = lib.event(b[s:e])
         if event is None:
             if etype != _INTVAR:  # the only type the library is told to leave out
@@ -719,12 +823,33 @@ class BinlogReader:
         elif etype == _FORMAT_DESCRIPTION:
             lib.version = event.mysql_version
             lib.set_post_header_lengths(event.post_header_len)
+        elif (
+            isinstance(event, NotImplementedEvent)
+            and etype not in _HARMLESS_UNKNOWN
+            and _U16(b, s + 18)[0] & _LOG_EVENT_IGNORABLE_F
+            and log_pos
+        ):
+            self._skipped(_K_IGNORABLE, Position(stream.log_file, log_pos), state)
+            return
         self._out.extend(self._convert(event, stream, state))
+
+    def _skipped(self, rule: str, end: Position, state: _TxnState) -> None:
+        """An event skipped by ``rule`` without the library's parsing; outside a transaction its end is a boundary."""
+        self.tally[rule] += 1
+        state.position = end
+        if not state.in_txn and not state.standalone:
+            state.boundary = end
+            self._out.append(Boundary(end))
 
     def _table_map(self, b: bytes, s: int, e: int, body: int, body_end: int, lib: _Library, table_id: int) -> _TableMap:
         content = b[body + 6 : body_end]  # everything after the table id
         entry = self._maps.get(content)
         if entry is None:
+            names = _map_names(b, body + lib.post_header(_TABLE_MAP, 8))
+            if names not in self.tables and not self._selected(*names):
+                entry = _TableMap.outside(*names, content)
+                self._maps_by_id[table_id] = entry
+                return entry
             event = lib.event(b[s:e])
             if event is None:
                 raise UncarryableValueError("the binlog library skipped a table map; austasync cannot go on")
@@ -1128,15 +1253,7 @@ class TargetWriteWatcher:
         selected: Callable[[str, str], bool] = lambda db, table: True,
         own_ddl: list[tuple[Position, Position]] | None = None,
     ) -> None:
-        self._settings = {
-            "host": target.host,
-            "port": target.port,
-            "user": target.user,
-            "passwd": target.password.reveal(),
-            "connect_timeout": target.connect_timeout_seconds,
-            "read_timeout": max(30.0, heartbeat_seconds * 4),
-            **tls_options(target),
-        }
+        self._settings = _connection_settings(target, max(30.0, heartbeat_seconds * 4))
         self._server_id = server_id
         self.position = start
         self.replicated = dict(replicated_dbs)  # database on the target -> source name

@@ -27,6 +27,9 @@ RULES: dict[str, str] = {
     "heartbeat": "skipped",  # the source is idle
     "artificial": "skipped",  # events the server makes up for a new connection (fake rotate, format description)
     "group_replication": "skipped",  # MySQL's view change and transaction context events: no rows
+    # an event of a type austasync does not know that the server flags LOG_EVENT_IGNORABLE_F: the server's promise
+    # that a replica which does not know it may drop it (MySQL's own replicas do); Aurora's type-100 padding
+    "ignorable": "skipped",
     "xa_not_replicated": "skipped",  # an XA PREPARE of a transaction that changed no replicated table
     "ddl_ignored": "skipped",  # DDL on a replicated table under on_ddl = "ignore"
     "ddl_already_applied": "skipped",  # a DDL inside a transaction that was run on the target before a restart

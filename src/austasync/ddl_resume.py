@@ -1,0 +1,109 @@
+"""Where the stream goes on after a DDL: the checkpoint past a statement that ran on the target, and the recovery
+of one whose execution was interrupted (the daemon killed between recording it and checkpointing past it).
+
+DDL commits implicitly, so ``on_ddl = "exec"`` records the statement as executing before it runs and checkpoints
+past it after. A daemon killed in between used to leave a DDL stop for the operator ("it may or may not have
+run"). The record now also holds the target's binlog end just before the statement and the id of the connection
+that ran it, so the next start can tell: once that connection is gone from the target, a statement it logged after
+that point means the DDL ran (DDL is atomic on MariaDB 10.6+ and MySQL 8.0: logged if and only if it committed);
+none means it did not, and the stream reads it again. Anything it cannot read (the binlog purged, no privilege)
+leaves the stop for the operator, as before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from austasync.binlog.adapter import logged_statements
+from austasync.config import Config
+from austasync.db import Connection, binlog_end_or_none, query
+from austasync.position import Position
+from austasync.state import TargetState
+
+# transaction control a connection logs around its writes; any other statement of the DDL's connection is the DDL
+_NOT_DDL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "XA ")
+_WAIT_SECONDS = 300.0
+
+
+def ddl_applied_marker(statement: str, start: Position, end: Position) -> dict[str, Any]:
+    """The state's note that a DDL inside the transaction starting at ``start`` ran on the target: the stream
+    resumes at ``start`` and skips the statement ending at ``end`` (not a stop: the gate ignores it)."""
+    return {"kind": "ddl_applied", "statement": statement[:2000], "start": str(start), "end": str(end)}
+
+
+def finish(state: TargetState, conn: Connection, stop: dict[str, Any], phase: str) -> str:
+    """Checkpoint past a DDL that has run on the target (the caller commits); where the stream resumes."""
+    end, start = Position.parse(stop["end"]), Position.parse(stop["start"])
+    if stop.get("in_transaction"):
+        # the rows of its transaction (CREATE ... SELECT) are still to come: resume at the transaction's start
+        state.save_position(conn, start, 0, phase)
+        state.save_stop(conn, ddl_applied_marker(stop["statement"], start, end))
+        return f"{start}, with the rows of its transaction"
+    state.save_position(conn, end, 0, phase)
+    state.save_stop(conn, None)
+    return str(end)
+
+
+def interrupted(stop: dict[str, Any]) -> bool:
+    """A DDL stop left by an ``exec`` that did not get to checkpoint past its statement, recoverable here."""
+    return bool(stop.get("executing")) and "target_from" in stop and "thread" in stop
+
+
+def _still_running(admin: Connection, thread: int, log: Any, sleep: Callable[[float], None]) -> bool:
+    deadline = time.monotonic() + _WAIT_SECONDS
+    while query(admin, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (thread,))[0][0]:
+        if time.monotonic() > deadline:
+            return True
+        log.info("waiting for the interrupted DDL's connection to end on the target", thread=thread)
+        sleep(2.0)
+    return False
+
+
+def ran_on_target(
+    config: Config, admin: Connection, stop: dict[str, Any], log: Any, sleep: Callable[[float], None] = time.sleep
+) -> bool | None:
+    """Whether the interrupted DDL of ``stop`` ran on the target; None when that cannot be told."""
+    thread = int(stop["thread"])
+    if _still_running(admin, thread, log, sleep):
+        return None
+    try:
+        logged = logged_statements(config.target, config.replication.server_id, Position.parse(stop["target_from"]))
+    except Exception as exc:  # noqa: BLE001 (any failure to read leaves the decision to the operator)
+        log.warning("cannot read the target's binlog to tell whether the interrupted DDL ran", error=str(exc)[:300])
+        return None
+    return any(t == thread and not text.lstrip().upper().startswith(_NOT_DDL) for t, text in logged)
+
+
+def recover(
+    config: Config,
+    state: TargetState,
+    writer: Connection,
+    admin: Connection,
+    stop: dict[str, Any],
+    phase: str,
+    log: Any,
+) -> bool:
+    """Resolve an interrupted ``exec``: checkpoint past the DDL if it ran, forget the record if it did not (the
+    stream reads it again). False when it cannot be told; the stop stays for the operator."""
+    ran = ran_on_target(config, admin, stop, log)
+    if ran is None:
+        return False
+    state.check_fence(writer)
+    if ran:
+        end = binlog_end_or_none(admin)
+        if end is not None:  # austasync's own DDL: the target-write watcher must not report it
+            state.record_own_ddl(writer, Position.parse(stop["target_from"]), end, stop["statement"])
+        resumes = finish(state, writer, stop, phase)
+    else:
+        state.save_stop(writer, None)
+        resumes = "the statement, which runs again"
+    query(writer, "COMMIT")
+    log.warning(
+        "recovered an interrupted DDL execution",
+        statement=str(stop["statement"])[:300],
+        ran_on_target=ran,
+        resumes_at=resumes,
+    )
+    return True
