@@ -141,13 +141,12 @@ def read_definitions(conn: Connection, config: Config) -> list[Definition]:
     """
     found: list[Definition] = []
     denied: list[str] = []
-    query(conn, "SET SESSION character_set_results = binary")
+    listed = [*routines(conn, config), *((db, name, "VIEW") for db, name in views(conn, config))]
+    query(conn, "SET SESSION character_set_results = binary")  # names listed first: they are text
     try:
-        for db, name, kind in routines(conn, config):
+        for db, name, kind in listed:
+            query(conn, f"USE {quote_ident(db)}")  # a view's names in its own database come unqualified
             found.extend(_read(conn, kind, db, name, denied))
-        for db, name in views(conn, config):
-            query(conn, f"USE {quote_ident(db)}")  # names in the view's own database come unqualified
-            found.extend(_read(conn, "VIEW", db, name, denied))
     finally:
         query(conn, "SET SESSION character_set_results = utf8mb4")
     if denied:

@@ -443,6 +443,12 @@ def check_objects(conn: Connection, config: Config) -> Check:
         )
         if names
     ]
+    blind = blind_databases(conn, config.replication.databases, "EVENT")
+    if blind:
+        detail.append(
+            f"the source user cannot see events in {', '.join(blind)} (no EVENT privilege; austasync does not need"
+            " it): list them as a user that has it, and create them on the target after cutover"
+        )
     title = (
         f"{len(found.views)} views, {len(found.procedures)} procedures, {len(found.functions)} functions,"
         f" {len(found.events)} events, {len(found.triggers)} triggers in the replicated databases"

@@ -668,21 +668,22 @@ def current_user(conn: Connection) -> str:
     return str(query(conn, "SELECT CURRENT_USER()")[0][0])
 
 
-def blind_databases(conn: Connection, databases: Iterable[str]) -> list[str]:
+def blind_databases(conn: Connection, databases: Iterable[str], privilege: str = "TRIGGER") -> list[str]:
     """Databases whose triggers this session cannot see: information_schema.TRIGGERS shows a trigger only to a user
-    with the TRIGGER privilege on its table, so without it a move would silently move nothing."""
+    with the TRIGGER privilege on its table, so without it a move would silently move nothing. The same holds for
+    events and the EVENT privilege (``privilege``)."""
     name, _, host = current_user(conn).rpartition("@")
     grantee = f"'{name}'@'{host}'"
     if query(
         conn,
-        "SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'",
-        (grantee,),
+        "SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = %s",
+        (grantee, privilege),
     ):
         return []
     patterns = query(
         conn,
-        "SELECT TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'",
-        (grantee,),
+        "SELECT TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = %s",
+        (grantee, privilege),
     )
     return [db for db in databases if not any(_like(str(p[0]), db) for p in patterns)]
 
