@@ -107,6 +107,9 @@ def test_a_correct_set_up_passes_and_shows_no_secret(env: Env) -> None:
     assert by_id["source.server_id"]["status"] == "warn"
     assert "REPLICATION MASTER ADMIN" in by_id["source.server_id"]["fix"]
     assert by_id["source.cascades"]["status"] == "info"
+    # views, routines, events and triggers: none here, and the replication user cannot see events (no EVENT)
+    assert by_id["source.objects"]["status"] == "info"
+    assert by_id["source.objects"]["title"].startswith("0 views, 0 procedures, 0 functions, 0 events, 0 triggers")
     assert by_id["source.cascades"]["detail"] == [
         f"{env.db}.documents(user_id) -> {env.db}.users(id) ON DELETE CASCADE"
     ]
@@ -117,7 +120,7 @@ def test_a_correct_set_up_passes_and_shows_no_secret(env: Env) -> None:
     assert "GRANT TRIGGER" in by_id["source.triggers"]["fix"]
     # loopback connections without TLS are info, not a warning
     assert by_id["source.tls"]["status"] == by_id["target.tls"]["status"] == "info"
-    assert re.search(r"^preflight: 0 fail, 1 warn, \d+ pass, 4 info; ready to run$", text.stdout, re.MULTILINE)
+    assert re.search(r"^preflight: 0 fail, 1 warn, \d+ pass, 5 info; ready to run$", text.stdout, re.MULTILINE)
     for output in (result.stdout, text.stdout, text.stderr):
         assert "repl-secret-pw" not in output
         assert "target-secret-pw" not in output
@@ -222,8 +225,12 @@ def test_missing_grants_are_listed_exactly(env: Env) -> None:
             "missing: REPLICATION SLAVE ON *.*",
             "missing: BINLOG MONITOR ON *.*",
             "missing: SLAVE MONITOR ON *.*",
+            f"missing: SHOW VIEW ON `{env.db}`.*",  # views are read to be created on the target
         )
-        assert source.fix == f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR ON *.* TO '{src_user}'@'%';"
+        assert source.fix == (
+            f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR ON *.* TO '{src_user}'@'%';"
+            f" GRANT SHOW VIEW ON `{env.db}`.* TO '{src_user}'@'%';"
+        )
         target = report.by_id("target.grants")
         assert target.status == "fail"
         assert target.detail == (

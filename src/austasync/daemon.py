@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import pymysql
 
-from austasync import ddl_resume, preflight, readiness, sdnotify
+from austasync import ddl_resume, objects, preflight, readiness, sdnotify
 from austasync import log as logmod
 from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
@@ -455,14 +455,20 @@ class Daemon:
                 self.state.save_stop(writer, None)
                 query(writer, "COMMIT")
         logged_from = binlog_end_or_none(admin)
-        created = ensure_target(source, admin, self.config, tables, compare=checkpoint is None)
-        if created:
-            self.log.info("created target tables", count=created)
-            logged_to = binlog_end_or_none(admin)
-            if logged_from is not None and logged_to is not None:  # austasync's own DDL, not a foreign write
-                self.state.check_fence(writer)
-                self.state.record_own_ddl(writer, logged_from, logged_to, f"created {created} tables at start-up")
-                query(writer, "COMMIT")
+        created, made = 0, list[str]()
+        try:
+            created = ensure_target(source, admin, self.config, tables, compare=checkpoint is None)
+            if created:
+                self.log.info("created target tables", count=created)
+            if checkpoint is None:
+                # once the tables exist; from P0 on, view and routine DDL comes through the stream (on_ddl)
+                objects.create_on_target(admin, self.config, objects.read_definitions(source, self.config), made)
+                if made:
+                    self.log.info("created target views and routines", objects=made)
+        finally:
+            # recorded even when a later object was refused: what was created is austasync's, not a foreign write
+            if created or made:
+                self._record_start_up_ddl(admin, writer, logged_from, f"{created} tables, {len(made)} views/routines")
         if checkpoint is None:
             p0 = self.start_at or binlog_end(source)
             self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
@@ -478,6 +484,16 @@ class Daemon:
             resumed = True
         self._republish_verification(writer)
         return checkpoint, resumed
+
+    def _record_start_up_ddl(
+        self, admin: Connection, writer: Connection, logged_from: Position | None, what: str
+    ) -> None:
+        """Mark the target binlog written since ``logged_from`` as austasync's own DDL for the write watcher."""
+        logged_to = binlog_end_or_none(admin)
+        if logged_from is not None and logged_to is not None:
+            self.state.check_fence(writer)
+            self.state.record_own_ddl(writer, logged_from, logged_to, f"created {what} at start-up")
+            query(writer, "COMMIT")
 
     def _republish_verification(self, writer: Connection) -> None:
         """Redis may have restarted empty: the target's record of the last verification is the truth."""

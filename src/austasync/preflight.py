@@ -23,6 +23,7 @@ from typing import Any, Literal
 import pymysql
 import redis
 
+from austasync import objects
 from austasync.config import Config, DatabaseConfig
 from austasync.db import Connection, connect, query, server_flavor, setup_source_session, variable
 from austasync.errors import ConfigError, SetupError, UnavailableError
@@ -252,6 +253,7 @@ def _selected_rows(conn: Connection, config: Config) -> int:
     rows = query(
         conn,
         "SELECT TABLE_SCHEMA, TABLE_NAME, COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES"
+        # only base tables are copied: every other type is a view (no rows of its own) or refused by source.tables
         f" WHERE TABLE_SCHEMA IN ({','.join(['%s'] * len(dbs))}) AND TABLE_TYPE = 'BASE TABLE'",
         dbs,
     )
@@ -426,6 +428,39 @@ def check_tables(
     return tables, fks
 
 
+def check_objects(conn: Connection, config: Config) -> Check:
+    """Views, routines, events and triggers of the replicated databases, and what becomes of each; fails when
+    the definitions `run` creates on the target cannot be read."""
+    found = objects.inventory(conn, config)
+    detail = [
+        f"{label} ({len(names)}): {', '.join(names)}"
+        for label, names in (
+            ("views, created on the target at start", found.views),
+            ("procedures, created on the target at start", found.procedures),
+            ("functions, created on the target at start", found.functions),
+            ("events, not created on the target (they would write there): create them after cutover", found.events),
+            ("triggers, moved to the target by `austasync cutover`", found.triggers),
+        )
+        if names
+    ]
+    blind = blind_databases(conn, config.replication.databases, "EVENT")
+    if blind:
+        detail.append(
+            f"the source user cannot see events in {', '.join(blind)} (no EVENT privilege; austasync does not need"
+            " it): list them as a user that has it, and create them on the target after cutover"
+        )
+    title = (
+        f"{len(found.views)} views, {len(found.procedures)} procedures, {len(found.functions)} functions,"
+        f" {len(found.events)} events, {len(found.triggers)} triggers in the replicated databases"
+    )
+    try:
+        objects.read_definitions(conn, config)
+    except SetupError as exc:
+        message = str(exc)
+        return Check("source.objects", "fail", title, (*detail, message), message.rpartition("; ")[2])
+    return Check("source.objects", "info", title, tuple(detail))
+
+
 def _describe_fk(fk: ForeignKey) -> str:
     actions = []
     if fk.on_delete in ("CASCADE", "SET NULL"):
@@ -535,10 +570,11 @@ def source_needs(flavor: str, version: tuple[int, ...], databases: Sequence[str]
         needs = [Need("REPLICATION SLAVE", None), Need("BINLOG MONITOR", None)]
         if version >= (10, 5, 9):
             needs.append(Need("SLAVE MONITOR", None))
-        return needs + [Need("SELECT", db) for db in databases]
+        # SHOW VIEW: views are read with SHOW CREATE VIEW to be created on the target (austasync.objects)
+        return needs + [n for db in databases for n in (Need("SELECT", db), Need("SHOW VIEW", db))]
     # MySQL 8 copies under a brief LOCK TABLES ... READ to get an exact snapshot position
     return [Need("REPLICATION SLAVE", None), Need("REPLICATION CLIENT", None)] + [
-        n for db in databases for n in (Need("SELECT", db), Need("LOCK TABLES", db))
+        n for db in databases for n in (Need("SELECT", db), Need("SHOW VIEW", db), Need("LOCK TABLES", db))
     ]
 
 
@@ -810,6 +846,7 @@ def run_preflight(config: Config, *, clock: Callable[[], float] = time.time) -> 
             report.add(check_server_id(source, config))
             report.add(check_grants(source, "source", lambda f, v: source_needs(f, v, config.replication.databases)))
             tables, _ = check_tables(report, source, config)
+            report.add(check_objects(source, config))
         if target is not None:
             report.add(check_tls(target, config.target, "target"))
             for check in check_target_server(target):

@@ -92,6 +92,12 @@ def document(result: Result, migration: str, cap: int = MAX_LISTED_DIFFERENCES) 
         "migration": migration,
         "hash": result.flavor,
         "tables": [table_document(t, cap) for t in result.tables],
+        # tables, views and routines on one side only or defined differently; each makes the result a difference
+        "schema_differences": [
+            {"object": d.object, "kind": d.kind, "difference": d.difference} for d in result.objects
+        ],
+        # selected tables that are not replicated (refused at start), so never verified: the result is incomplete
+        "not_verified": list(result.refused),
     }
 
 
@@ -102,6 +108,8 @@ def gate_summary(result: Result, finished_at: float) -> dict[str, Any]:
         "finished_at": finished_at,
         "drift_rows": sum(len(t.differences) for t in result.tables),
         "tables": {str(t.table): len(t.differences) for t in result.tables},
+        "schema_differences": [str(d) for d in result.objects],
+        "not_verified": list(result.refused),
         "aligned": result.aligned,
         "source_position": str(result.source_position) if result.source_position else None,
         "duration_seconds": round(result.duration_seconds, 3),

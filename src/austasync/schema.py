@@ -140,18 +140,54 @@ class Table:
         return f"{self.db}.{self.name}"
 
 
-def _selected_tables(conn: Connection, config: Config, names: Mapping[str, str]) -> list[tuple[str, str, str, int]]:
-    """(database on this server, table, engine, row estimate) of the selected tables."""
+#: what discovery does with each ``information_schema.TABLES.TABLE_TYPE``: ``BASE TABLE`` is replicated (when
+#: InnoDB with a usable key), ``VIEW`` is created on the target (:mod:`austasync.objects`), and every other type is
+#: refused with the reason and the fix (DESIGN.md rule 10): never skipped, since a skipped table is one that
+#: ``verify`` would also never look at
+REPLICATED_TYPE = "BASE TABLE"
+VIEW_TYPE = "VIEW"
+_REFUSED_TYPES = {
+    "SYSTEM VERSIONED": (
+        "system-versioned (WITH SYSTEM VERSIONING): its history rows and their invisible row_start/row_end"
+        " columns are set by each server's own clock, so they cannot be carried exactly through row events;"
+        " exclude it (replication.exclude_tables) or drop the versioning on the source"
+        " (ALTER TABLE ... DROP SYSTEM VERSIONING)"
+    ),
+    "SEQUENCE": (
+        "a SEQUENCE: its next value moves by NEXTVAL/SETVAL and the server's cache, not by rows austasync can copy"
+        " and apply exactly; exclude it (replication.exclude_tables) and create it on the target at cutover"
+        " (SHOW CREATE SEQUENCE, then SELECT SETVAL(seq, <the source's next value>))"
+    ),
+}
+
+
+def table_type_refusal(table_type: str) -> str | None:
+    """Why a table of this ``TABLE_TYPE`` is refused, with the fix; None for base tables and views."""
+    if table_type in (REPLICATED_TYPE, VIEW_TYPE):
+        return None
+    return _REFUSED_TYPES.get(
+        table_type,
+        f"TABLE_TYPE {table_type!r} is not one austasync knows how to carry exactly;"
+        " exclude it (replication.exclude_tables)",
+    )
+
+
+def _selected_tables(
+    conn: Connection, config: Config, names: Mapping[str, str]
+) -> list[tuple[str, str, str, str, int]]:
+    """(database on this server, table, TABLE_TYPE, engine, row estimate) of the selected tables, every type."""
     dbs = list(names)
     marks = ",".join(["%s"] * len(dbs))
     rows = query(
         conn,
-        f"SELECT TABLE_SCHEMA, TABLE_NAME, COALESCE(ENGINE, ''), COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES"
-        f" WHERE TABLE_SCHEMA IN ({marks}) AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_TYPE, COALESCE(ENGINE, ''), COALESCE(TABLE_ROWS, 0)"
+        f" FROM information_schema.TABLES WHERE TABLE_SCHEMA IN ({marks}) ORDER BY TABLE_SCHEMA, TABLE_NAME",
         dbs,
     )
     return [
-        (str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows if config.table_selected(names[str(r[0])], str(r[1]))
+        (str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]))
+        for r in rows
+        if config.table_selected(names[str(r[0])], str(r[1]))
     ]
 
 
@@ -269,48 +305,79 @@ def load_tables(conn: Connection, config: Config, names: Mapping[str, str] | Non
     target holds the schema *as of the checkpoint*, while the source's may already be ahead of the stream.
     Raises :class:`SetupError` listing every offending table, so the operator can fix or exclude them at once.
     """
-    names = names or {db: db for db in config.replication.databases}
-    selected = [
-        (names[db], name, engine, estimate) for db, name, engine, estimate in _selected_tables(conn, config, names)
-    ]
-    server_db = {source_db: db for db, source_db in names.items()}
-    tables: dict[TableId, Table] = {}
-    problems: list[str] = []
-    by_db: dict[str, list[tuple[str, str, int]]] = {}
-    for db, name, engine, estimate in selected:
-        by_db.setdefault(db, []).append((name, engine, estimate))
-    for db, entries in by_db.items():
-        columns = _columns(conn, server_db[db])
-        uniques = _unique_keys(conn, server_db[db])
-        for name, engine, estimate in entries:
-            cols = columns.get(name, [])
-            if engine.lower() != "innodb":
-                problems.append(f"{db}.{name}: engine {engine or 'unknown'} is not InnoDB")
-                continue
-            nullable = {c.name: c.nullable for c in cols}
-            key = _choose_key(name, uniques.get(name, {}), nullable)
-            if key is None:
-                problems.append(f"{db}.{name}: no primary key and no NOT NULL unique key")
-                continue
-            kinds = {c.name: c for c in cols}
-            for k in key:
-                if kinds[k].data_type in ("enum", "set"):
-                    problems.append(f"{db}.{name}: key column {k} is {kinds[k].data_type.upper()} (sorts by position)")
-            tables[(db, name)] = Table(
-                db=db,
-                name=name,
-                columns=tuple(cols),
-                key=key,
-                unique_keys={i: tuple(c for c, _ in v) for i, v in uniques.get(name, {}).items()},
-                engine=engine,
-                rows_estimate=estimate,
-            )
+    tables, problems = discover_tables(conn, config, names)
     if problems:
         raise SetupError(
             "these tables cannot be replicated exactly (DESIGN rule 10); add them to replication.exclude_tables"
             " or fix them on the source:\n  " + "\n  ".join(problems)
         )
     return tables
+
+
+def discover_tables(
+    conn: Connection, config: Config, names: Mapping[str, str] | None = None
+) -> tuple[dict[TableId, Table], list[str]]:
+    """The replicable selected tables and, for every other selected table (views aside), why it is refused.
+
+    :func:`load_tables` refuses on the second list; ``verify`` reports it instead (a refused table is never
+    verified, so it can never pass as consistent).
+    """
+    names = names or {db: db for db in config.replication.databases}
+    server_db = {source_db: db for db, source_db in names.items()}
+    tables: dict[TableId, Table] = {}
+    problems: list[str] = []
+    by_db: dict[str, list[tuple[str, str, int]]] = {}
+    for db, name, table_type, engine, estimate in _selected_tables(conn, config, names):
+        refusal = table_type_refusal(table_type)
+        if refusal is not None:
+            problems.append(f"{names[db]}.{name}: {refusal}")
+        elif table_type == REPLICATED_TYPE:
+            by_db.setdefault(names[db], []).append((name, engine, estimate))
+    for db, entries in by_db.items():
+        columns = _columns(conn, server_db[db])
+        uniques = _unique_keys(conn, server_db[db])
+        for name, engine, estimate in entries:
+            table, why = _table(db, name, engine, estimate, columns.get(name, []), uniques.get(name, {}))
+            if table is None:
+                problems.extend(why)
+            else:
+                tables[table.id] = table
+    return tables, problems
+
+
+def _table(
+    db: str,
+    name: str,
+    engine: str,
+    estimate: int,
+    cols: list[Column],
+    uniques: Mapping[str, list[tuple[str, str]]],
+) -> tuple[Table | None, list[str]]:
+    """A base table, or the reasons it cannot be replicated."""
+    if engine.lower() != "innodb":
+        return None, [f"{db}.{name}: engine {engine or 'unknown'} is not InnoDB"]
+    nullable = {c.name: c.nullable for c in cols}
+    key = _choose_key(name, uniques, nullable)
+    if key is None:
+        return None, [f"{db}.{name}: no primary key and no NOT NULL unique key"]
+    kinds = {c.name: c for c in cols}
+    bad = [
+        f"{db}.{name}: key column {k} is {kinds[k].data_type.upper()} (sorts by position)"
+        for k in key
+        if kinds[k].data_type in ("enum", "set")
+    ]
+    if bad:
+        return None, bad
+    table = Table(
+        db=db,
+        name=name,
+        columns=tuple(cols),
+        key=key,
+        unique_keys={i: tuple(c for c, _ in v) for i, v in uniques.items()},
+        engine=engine,
+        rows_estimate=estimate,
+    )
+    return table, []
 
 
 def check_foreign_keys(tables: Mapping[TableId, Table], fks: Sequence[ForeignKey]) -> list[ForeignKey]:

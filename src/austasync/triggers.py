@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pymysql
 
@@ -350,25 +351,48 @@ def _from_row(row: tuple[object, ...]) -> Trigger:
 
 def create(conn: Connection, trigger: Trigger) -> None:
     """Create one trigger with the session settings it was defined under, in its database's collation."""
-    query(conn, f"USE {quote_ident(trigger.db)}")
-    with _database_collation(conn, trigger.db, trigger.database_collation):
-        saved_mode = str(query(conn, "SELECT @@SESSION.sql_mode")[0][0])
-        query(conn, "SET SESSION sql_mode = %s", (trigger.sql_mode,))
-        try:
-            query(
-                conn,
-                "SET SESSION character_set_client = %s, collation_connection = %s",
-                (trigger.character_set_client, trigger.collation_connection),
-            )
-            query(conn, trigger.statement)  # the stored bytes, in the client charset just set
-            warnings = query(conn, "SHOW WARNINGS")
-        finally:
-            query(conn, "SET NAMES utf8mb4")
-            query(conn, "SET SESSION sql_mode = %s", (saved_mode,))
+    warnings = run_as_defined(
+        conn,
+        trigger.db,
+        trigger.statement,
+        sql_mode=trigger.sql_mode,
+        character_set_client=trigger.character_set_client,
+        collation_connection=trigger.collation_connection,
+        database_collation=trigger.database_collation,
+    )
     missing = [str(w[2]) for w in warnings if int(w[1]) == ER_DEFINER_MISSING]
     if missing:
         query(conn, f"DROP TRIGGER IF EXISTS {qualified(trigger.db, trigger.name)}")
         raise TriggerError(f"{missing[0]}: create that account (with its grants) where the trigger goes")
+
+
+def run_as_defined(
+    conn: Connection,
+    db: str,
+    statement: bytes,
+    *,
+    sql_mode: str,
+    character_set_client: str,
+    collation_connection: str,
+    database_collation: str,
+) -> list[tuple[Any, ...]]:
+    """Run a stored object's CREATE statement (trigger, routine, view) in ``db`` with the session settings it was
+    defined under, and its database collation where one is given (mysqldump does the same); the warnings."""
+    query(conn, f"USE {quote_ident(db)}")
+    with _database_collation(conn, db, database_collation):
+        saved_mode = str(query(conn, "SELECT @@SESSION.sql_mode")[0][0])
+        query(conn, "SET SESSION sql_mode = %s", (sql_mode,))
+        try:
+            query(
+                conn,
+                "SET SESSION character_set_client = %s, collation_connection = %s",
+                (character_set_client, collation_connection),
+            )
+            query(conn, statement)  # the stored bytes, in the client charset just set
+            return query(conn, "SHOW WARNINGS")
+        finally:
+            query(conn, "SET NAMES utf8mb4")
+            query(conn, "SET SESSION sql_mode = %s", (saved_mode,))
 
 
 @contextmanager
@@ -380,7 +404,7 @@ def _database_collation(conn: Connection, db: str, collation: str) -> Iterator[N
         " WHERE SCHEMA_NAME = %s",
         (db,),
     )
-    if not rows or str(rows[0][1]) == collation:
+    if not collation or not rows or str(rows[0][1]) == collation:
         yield
         return
     query(conn, f"ALTER DATABASE {quote_ident(db)} COLLATE {collation}")
@@ -644,21 +668,22 @@ def current_user(conn: Connection) -> str:
     return str(query(conn, "SELECT CURRENT_USER()")[0][0])
 
 
-def blind_databases(conn: Connection, databases: Iterable[str]) -> list[str]:
+def blind_databases(conn: Connection, databases: Iterable[str], privilege: str = "TRIGGER") -> list[str]:
     """Databases whose triggers this session cannot see: information_schema.TRIGGERS shows a trigger only to a user
-    with the TRIGGER privilege on its table, so without it a move would silently move nothing."""
+    with the TRIGGER privilege on its table, so without it a move would silently move nothing. The same holds for
+    events and the EVENT privilege (``privilege``)."""
     name, _, host = current_user(conn).rpartition("@")
     grantee = f"'{name}'@'{host}'"
     if query(
         conn,
-        "SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'",
-        (grantee,),
+        "SELECT 1 FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = %s",
+        (grantee, privilege),
     ):
         return []
     patterns = query(
         conn,
-        "SELECT TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'TRIGGER'",
-        (grantee,),
+        "SELECT TABLE_SCHEMA FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = %s AND PRIVILEGE_TYPE = %s",
+        (grantee, privilege),
     )
     return [db for db in databases if not any(_like(str(p[0]), db) for p in patterns)]
 

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import pymysql
 
 from austasync import log as logmod
-from austasync import rowhash
+from austasync import objects, rowhash
 from austasync.config import Config
 from austasync.copier import SnapshotReader
 from austasync.db import (
@@ -49,8 +49,9 @@ from austasync.db import (
     status,
 )
 from austasync.errors import ConfigError, UnavailableError
+from austasync.objects import ObjectDifference
 from austasync.position import Position
-from austasync.schema import Table, load_tables
+from austasync.schema import Table, discover_tables, parse_foreign_keys
 from austasync.sql import after_key, at_most_key, in_list, qualified, quote_ident, raw_literal
 from austasync.state import TargetState
 
@@ -215,14 +216,18 @@ class Result:
     started_at: datetime
     duration_seconds: float
     flavor: str
+    #: tables, views and routines on one side only or defined differently (full passes only)
+    objects: list[ObjectDifference] = field(default_factory=list)
+    #: selected tables that are not replicated and so not verified (``db.table: why``)
+    refused: list[str] = field(default_factory=list)
 
     @property
     def consistent(self) -> bool:
-        return all(t.consistent for t in self.tables)
+        return all(t.consistent for t in self.tables) and not self.objects and not self.refused
 
     @property
     def differs(self) -> bool:
-        return any(t.differs for t in self.tables)
+        return any(t.differs for t in self.tables) or bool(self.objects)
 
 
 # --- the two snapshot sessions ---------------------------------------------------------------------------------
@@ -348,25 +353,91 @@ def hash_flavor(source: Connection, target: Connection) -> str:
 def _shape(conn: Connection, db: str, table: str) -> dict[str, tuple[str, ...]]:
     rows = query(
         conn,
-        "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COALESCE(COLLATION_NAME, ''),"
-        " COALESCE(GENERATION_EXPRESSION, ''), ORDINAL_POSITION FROM information_schema.COLUMNS"
+        "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COALESCE(COLLATION_NAME, ''), COALESCE(COLUMN_DEFAULT, 'NULL'),"
+        " EXTRA, COALESCE(GENERATION_EXPRESSION, ''), ORDINAL_POSITION FROM information_schema.COLUMNS"
         " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
         (db, table),
     )
     return {str(r[0]): tuple(str(v).lower() for v in r[1:]) for r in rows}
 
 
+_COLUMN_FIELDS = ("type", "nullable", "collation", "default", "extra", "generated as", "position")
+
+
+def _indexes(conn: Connection, db: str, table: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Index name → its columns in order, each with uniqueness, prefix length, order and index type."""
+    rows = query(
+        conn,
+        "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME, COALESCE(SUB_PART, ''), COALESCE(COLLATION, ''), INDEX_TYPE"
+        " FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
+        " ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+        (db, table),
+    )
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for name, non_unique, *rest in rows:
+        unique = "unique" if str(non_unique) == "0" else "non-unique"
+        out.setdefault(str(name), []).append((unique, *(str(v) for v in rest)))
+    return {name: tuple(parts) for name, parts in out.items()}
+
+
+def _describe_index(parts: tuple[tuple[str, ...], ...]) -> str:
+    columns = ", ".join(p[1] + (f"({p[2]})" if p[2] else "") + (" DESC" if p[3] == "D" else "") for p in parts)
+    return f"{parts[0][0]} {parts[0][4]} ({columns})"
+
+
+def _foreign_keys(conn: Connection, db: str, table: str, source_db: str) -> dict[str, str]:
+    """Constraint name → its definition, parents named by their source database (``SHOW CREATE TABLE``: the
+    information_schema views show nothing to a SELECT-only user on MariaDB)."""
+    create = str(query(conn, f"SHOW CREATE TABLE {qualified(db, table)}")[0][1])
+    out = {}
+    for fk in parse_foreign_keys(db, table, create):
+        parent_db = source_db if fk.parent[0] == db else fk.parent[0]
+        out[fk.name] = (
+            f"({', '.join(fk.child_columns)}) REFERENCES {parent_db}.{fk.parent[1]} ({', '.join(fk.parent_columns)})"
+            f" ON DELETE {fk.on_delete} ON UPDATE {fk.on_update}"
+        )
+    return out
+
+
 def schema_differences(source: Connection, target: Connection, table: Table, target_db: str) -> list[str]:
-    """Column shapes that differ, collation included: chunk ranges are only comparable under equal collations."""
+    """Columns (name, type, nullability, collation, default, extra, generation, order), indexes and foreign keys
+    that differ: a row checksum cannot see them, and chunk ranges are only comparable under equal collations."""
     want, have = _shape(source, table.db, table.name), _shape(target, target_db, table.name)
     if not have:
         return [f"table {target_db}.{table.name} does not exist on the target"]
     out = [f"column {c} is missing on the target" for c in want if c not in have]
     out += [f"column {c} exists only on the target" for c in have if c not in want]
+    for c in want:
+        if c in have and want[c] != have[c]:
+            fields = [f for f, w, h in zip(_COLUMN_FIELDS, want[c], have[c], strict=True) if w != h]
+            if fields == ["position"] and (out or len(want) != len(have)):
+                continue  # moved only because another column is missing or extra: said already
+            out.append(
+                f"column {c} is {' '.join(have[c][:4])} on the target, {' '.join(want[c][:4])} on the source"
+                f" ({', '.join(fields)} differ{'s' if len(fields) == 1 else ''})"
+            )
+    out += _index_differences(_indexes(source, table.db, table.name), _indexes(target, target_db, table.name))
+    want_fk = _foreign_keys(source, table.db, table.name, table.db)
+    have_fk = _foreign_keys(target, target_db, table.name, table.db)
+    out += [f"foreign key {n} is missing on the target" for n in want_fk if n not in have_fk]
+    out += [f"foreign key {n} exists only on the target" for n in have_fk if n not in want_fk]
     out += [
-        f"column {c} is {' '.join(have[c][:4])} on the target, {' '.join(want[c][:4])} on the source"
-        for c in want
-        if c in have and want[c] != have[c]
+        f"foreign key {n} is {have_fk[n]} on the target, {want_fk[n]} on the source"
+        for n in want_fk
+        if n in have_fk and want_fk[n] != have_fk[n]
+    ]
+    return out
+
+
+def _index_differences(
+    want: dict[str, tuple[tuple[str, ...], ...]], have: dict[str, tuple[tuple[str, ...], ...]]
+) -> list[str]:
+    out = [f"index {n} is missing on the target" for n in want if n not in have]
+    out += [f"index {n} exists only on the target" for n in have if n not in want]
+    out += [
+        f"index {n} is {_describe_index(have[n])} on the target, {_describe_index(want[n])} on the source"
+        for n in want
+        if n in have and want[n] != have[n]
     ]
     return out
 
@@ -693,9 +764,12 @@ def verify(
     keys only (SQL literals of its key columns), each differing one named as in a full pass."""
     started_at, started = datetime.now(UTC), clock()
     with _connections(config) as (source, target):
-        tables = select_tables(load_tables(source, config), only)
+        replicated, refused = discover_tables(source, config)
+        tables = select_tables(replicated, only)
         flavor = hash_flavor(source, target)
         results = precheck(config, source, target, tables)
+        # a pass over some tables proves nothing about the others, nor about which objects exist
+        differences = objects.compare(source, target, config) if only is None else []
         snaps = Snapshots(config, aligner, [r.table for r in results if r.unverified is None], clock)
         try:
             Comparison(config, snaps, flavor, source, progress, clock, pace, sleep).run(results, keys or {})
@@ -708,4 +782,6 @@ def verify(
         started_at=started_at,
         duration_seconds=clock() - started,
         flavor=flavor,
+        objects=differences,
+        refused=refused if only is None else [],
     )

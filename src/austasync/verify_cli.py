@@ -100,6 +100,8 @@ def _human(doc: dict[str, Any]) -> str:
         lines += [f"      {d['kind']:<18} {json.dumps(d['key'])}" for d in table["differences"]]
         if table["differences_capped"]:
             lines.append(f"      ... {table['differences_total']} differences in all: {table['counts']}")
+    lines += [f"  schema: {d['kind']} {d['object']}: {d['difference']}" for d in doc["schema_differences"]]
+    lines += [f"  not verified: {why}" for why in doc["not_verified"]]
     if "repair" in doc:
         lines.append(f"repaired: {json.dumps(doc['repair']['tables'])}")
     return "\n".join(lines)

@@ -106,7 +106,7 @@ def _users(source: MariaDB, target: MariaDB, base: Path) -> tuple[Path, Path]:
     repl_pw, target_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
     source.execute(
         f"CREATE USER 'repl'@'%' IDENTIFIED BY '{repl_pw}'",
-        "GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO 'repl'@'%'",
+        "GRANT SELECT, SHOW VIEW, REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO 'repl'@'%'",
     )
     target.execute(
         f"CREATE USER 'austasync'@'%' IDENTIFIED BY '{target_pw}'",
