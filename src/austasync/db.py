@@ -215,8 +215,8 @@ def execute_raw(conn: Connection, sql: str) -> int:
         return int(cur.execute(sql.encode("latin1")))
 
 
-def _server_charset(name: str) -> str:
-    """The name the servers report for a PyMySQL charset (MariaDB 10.6+ and MySQL 8 call utf8 utf8mb3)."""
+def _same_charset(name: str) -> str:
+    """One name for utf8/utf8mb3: MySQL before 8.0.30 and MariaDB before 10.6 report utf8, newer ones utf8mb3."""
     return "utf8mb3" if name == "utf8" else name
 
 
@@ -227,8 +227,7 @@ def pin_session(conn: Connection) -> None:
     own). A server or proxy that does not keep them (an ``init_connect`` cannot override a later SET, but a
     connection-multiplexing proxy can hand over another session) is refused instead of read under other rules.
     """
-    charset = _server_charset(str(conn.charset))
-    wanted = (SESSION_SQL_MODE, SESSION_TIME_ZONE, charset, charset, charset)
+    charset = str(conn.charset)
     with conn.cursor(pymysql.cursors.Cursor) as cur:
         cur.execute(
             f"SET SESSION sql_mode = '{SESSION_SQL_MODE}', time_zone = '{SESSION_TIME_ZONE}',"
@@ -241,7 +240,14 @@ def pin_session(conn: Connection) -> None:
         )
         row = cur.fetchone()
     got = tuple(_text(v) for v in (row or ()))
-    if len(got) != len(wanted) or set(got[0].split(",")) != set(SESSION_SQL_MODE.split(",")) or got[1:] != wanted[1:]:
+    wanted = (SESSION_SQL_MODE, SESSION_TIME_ZONE, charset, charset, charset)
+    kept = (
+        len(got) == len(wanted)
+        and set(got[0].split(",")) == set(SESSION_SQL_MODE.split(","))
+        and got[1] == SESSION_TIME_ZONE
+        and all(_same_charset(g) == _same_charset(charset) for g in got[2:])
+    )
+    if not kept:
         raise UnavailableError(
             f"the server did not keep the session settings austasync relies on: asked for sql_mode, time_zone and"
             f" character sets {wanted}, the session has {got}; check init_connect and any proxy in between"
