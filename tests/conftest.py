@@ -246,7 +246,8 @@ def dump(server: MariaDB, db: str, table: str, key: str) -> list[str]:
             "--batch",
             "--raw",
             "--skip-column-names",
-            "--init-command=SET time_zone='+00:00'",
+            # pinned like austasync's sessions: a global PAD_CHAR_TO_FULL_LENGTH would pad CHAR on one side only
+            "--init-command=SET time_zone='+00:00', sql_mode=''",
             "-e",
             f"SELECT {exprs} FROM `{db}`.`{table}` ORDER BY {key}",
         ],

@@ -16,7 +16,11 @@ def test_values_render_as_exact_literals() -> None:
     assert value_literal(tiny, Kind.DECIMAL, "") == "-0.000000000000000000000000000001"  # never 1E-30 (a DOUBLE)
     assert float(value_literal(0.1, Kind.DOUBLE, "")) == 0.1
     assert value_literal(0.1, Kind.DOUBLE, "").endswith("e0")  # parsed by the server as a DOUBLE
-    assert value_literal(b"a'\\\x00", Kind.BINARY, "binary") == "_binary'a\\'\\\\\\0'"
+    # the same under every sql_mode: quotes doubled, other bytes as themselves, hex for a backslash or ''
+    assert value_literal(b"a'\\\x00", Kind.BINARY, "binary") == "_binary X'61275c00'"
+    assert value_literal(b"a'b\x00\n\r\x1a", Kind.BINARY, "binary") == "_binary'a''b\x00\n\r\x1a'"
+    assert value_literal(b"", Kind.TEXT, "latin1") == "_latin1 X''"
+    assert value_literal("a\\b", Kind.TEXT, "utf8mb4") == "_utf8mb4 X'615c62'"
     assert value_literal(dt.timedelta(seconds=-1, microseconds=-250000), Kind.TEMPORAL, "") == "'-00:00:01.250000'"
     assert value_literal(dt.datetime(2020, 1, 2, 3, 4, 5, 6), Kind.TEMPORAL, "") == "'2020-01-02 03:04:05.000006'"
 

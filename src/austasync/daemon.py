@@ -33,6 +33,7 @@ from austasync.db import (
     binlog_end_or_none,
     connect,
     query,
+    server_flavor,
     setup_source_session,
     setup_target_session,
     status,
@@ -139,6 +140,7 @@ class Daemon:
         self._chunk_writers: list[ChunkWriter] = []  # the copy's extra target connections (in self._conns too)
         self.stop_signal: int | None = None
         self.selection = statements.Selection(config.replication.databases, config.table_selected)
+        self.source_flavor = "mariadb"  # read from the source when it connects (_load_source)
         # event accounting: what the loop decided, and what the readers of earlier pipelines read
         self.tally = outcomes.new_tally()
         self._read_before: list[dict[str, int]] = []
@@ -203,6 +205,7 @@ class Daemon:
         source = connect(self.config.source, "source")
         setup_source_session(source)
         self._conns.append(source)
+        self.source_flavor = server_flavor(source)[0]  # whose bits the DDL events' sql_mode holds
         problems = preflight.check_source(source)
         if problems:
             raise SetupError("the source is not set up for row-based replication:\n  " + "\n  ".join(problems))
@@ -807,6 +810,7 @@ class Daemon:
             "start": str(event.start),
             "end": str(event.position),
             "sql_mode": event.sql_mode,
+            "sql_mode_flavor": self.source_flavor,
             "timestamp": event.timestamp,
             "time_zone": event.time_zone,
             "in_transaction": event.in_transaction,
@@ -833,8 +837,9 @@ class Daemon:
         """Replay a DDL on the target at exactly its position (``on_ddl = "exec"``).
 
         DDL commits implicitly, so the checkpoint cannot move in the same transaction: a stop record marks the
-        statement as in progress first, and a crash in between leaves a DDL stop for the operator to resolve
-        (the statement may or may not have run) instead of a blind second execution.
+        statement as in progress first, with where the target's binlog stood and which connection runs it; a
+        crash in between is resolved at the next start from the target's binlog (:mod:`austasync.ddl_resume`),
+        never by a blind second execution.
         """
         rename = self.config.replication.rename
         if rename and any(f"{db}." in event.query or f"`{db}`." in event.query for db in rename):
@@ -843,6 +848,7 @@ class Daemon:
                 ' Use on_ddl = "stop" and apply it by hand'
             )
         conn = applier.conn
+        check_ddl_sql_mode(conn, event.sql_mode, self.source_flavor, f"binlog {event.start}..{event.position}")
         # where the target's binlog shows austasync's own DDL: open until it has run, as the watcher may read it first
         logged_from = binlog_end_or_none(conn)
         stop = {
@@ -852,13 +858,12 @@ class Daemon:
             "start": str(event.start),
             "end": str(event.position),
             "sql_mode": event.sql_mode,
+            "sql_mode_flavor": self.source_flavor,
             "timestamp": event.timestamp,
             "time_zone": event.time_zone,
             "in_transaction": event.in_transaction,
             "executing": True,
         }
-        if logged_from is not None:  # what a restart needs to tell whether an interrupted execution ran
-            stop |= {"target_from": str(logged_from), "thread": connection_id(conn)}
         self.state.check_fence(conn)
         self.state.save_stop(conn, stop)
         query(conn, "COMMIT")
@@ -866,11 +871,18 @@ class Daemon:
         if watcher is not None and logged_from is not None:
             watcher.own_ddl.append((logged_from, None))
         self._drop_precreated(conn, parsed, event.schema)
+        exec_from = binlog_end_or_none(conn)
+        if exec_from is not None:
+            # what a restart needs to tell whether an interrupted execution ran (ddl_resume): the statements this
+            # connection logs from here on are the DDL's alone
+            self.state.check_fence(conn)
+            self.state.save_stop(conn, stop | {"target_from": str(exec_from), "thread": connection_id(conn)})
+            query(conn, "COMMIT")
         # the statement's default database, when it is a replicated one: another database need not exist on the
         # target, and the statement names its replicated tables qualified then (judge() resolved them so)
         replicated = event.schema and self.selection.database(event.schema)
         database = self.config.replication.target_db(event.schema) if replicated else None
-        execute_ddl(conn, event.query, database, event.sql_mode, event.timestamp, event.time_zone)
+        execute_ddl(conn, event.query, database, event.sql_mode, event.timestamp, event.time_zone, self.source_flavor)
         logged_to = binlog_end_or_none(conn)
         self.state.check_fence(conn)
         if logged_from is not None and logged_to is not None:
@@ -1364,34 +1376,109 @@ class _SchemaChanged(Exception):
         self.statement = statement
 
 
-# sql_mode bits of the binlog's Q_SQL_MODE status variable that MySQL 8 and MariaDB name the same way
-_SQL_MODE_BITS = {
-    1: "REAL_AS_FLOAT",
-    2: "PIPES_AS_CONCAT",
-    4: "ANSI_QUOTES",
-    8: "IGNORE_SPACE",
-    32: "ONLY_FULL_GROUP_BY",
-    64: "NO_UNSIGNED_SUBTRACTION",
-    128: "NO_DIR_IN_CREATE",
-    524288: "NO_AUTO_VALUE_ON_ZERO",
-    1048576: "NO_BACKSLASH_ESCAPES",
-    2097152: "STRICT_TRANS_TABLES",
-    4194304: "STRICT_ALL_TABLES",
-    8388608: "NO_ZERO_IN_DATE",
-    16777216: "NO_ZERO_DATE",
-    33554432: "ALLOW_INVALID_DATES",
-    67108864: "ERROR_FOR_DIVISION_BY_ZERO",
-    536870912: "HIGH_NOT_PRECEDENCE",
-    1073741824: "NO_ENGINE_SUBSTITUTION",
-    2147483648: "PAD_CHAR_TO_FULL_LENGTH",
+# The binlog's Q_SQL_MODE status variable is the session's sql_mode bitmask. MariaDB's bits, read back from a
+# 10.11 server one bit at a time (SET sql_mode = 1 << n; SELECT @@sql_mode), as in its sql_class.h. The
+# combination modes (POSTGRESQL, ORACLE, MSSQL, DB2, MAXDB, MYSQL323, MYSQL40, ANSI, TRADITIONAL) have bits of
+# their own besides their parts, and the bit matters: ORACLE switches the parser (DATE is a DATETIME there)
+_MARIADB_SQL_MODE_BITS = {
+    1 << 0: "REAL_AS_FLOAT",
+    1 << 1: "PIPES_AS_CONCAT",
+    1 << 2: "ANSI_QUOTES",
+    1 << 3: "IGNORE_SPACE",
+    1 << 4: "IGNORE_BAD_TABLE_OPTIONS",
+    1 << 5: "ONLY_FULL_GROUP_BY",
+    1 << 6: "NO_UNSIGNED_SUBTRACTION",
+    1 << 7: "NO_DIR_IN_CREATE",
+    1 << 8: "POSTGRESQL",
+    1 << 9: "ORACLE",
+    1 << 10: "MSSQL",
+    1 << 11: "DB2",
+    1 << 12: "MAXDB",
+    1 << 13: "NO_KEY_OPTIONS",
+    1 << 14: "NO_TABLE_OPTIONS",
+    1 << 15: "NO_FIELD_OPTIONS",
+    1 << 16: "MYSQL323",
+    1 << 17: "MYSQL40",
+    1 << 18: "ANSI",
+    1 << 19: "NO_AUTO_VALUE_ON_ZERO",
+    1 << 20: "NO_BACKSLASH_ESCAPES",
+    1 << 21: "STRICT_TRANS_TABLES",
+    1 << 22: "STRICT_ALL_TABLES",
+    1 << 23: "NO_ZERO_IN_DATE",
+    1 << 24: "NO_ZERO_DATE",
+    1 << 25: "ALLOW_INVALID_DATES",
+    1 << 26: "ERROR_FOR_DIVISION_BY_ZERO",
+    1 << 27: "TRADITIONAL",
+    1 << 28: "NO_AUTO_CREATE_USER",
+    1 << 29: "HIGH_NOT_PRECEDENCE",
+    1 << 30: "NO_ENGINE_SUBSTITUTION",
+    1 << 31: "PAD_CHAR_TO_FULL_LENGTH",
+    1 << 32: "EMPTY_STRING_IS_NULL",
+    1 << 33: "SIMULTANEOUS_ASSIGNMENT",
+    1 << 34: "TIME_ROUND_FRACTIONAL",
+}
+# MySQL 8.0's (sql/system_variables.h): bit 32 is TIME_TRUNCATE_FRACTIONAL there, and the 5.7 modes it removed
+# (bits 8-17 and 28, its MODE_IGNORED_MASK) are dropped the way MySQL's own replica drops them: they do nothing
+_MYSQL_IGNORED_SQL_MODE_BITS = sum(1 << n for n in (*range(8, 18), 28))
+_MYSQL_SQL_MODE_BITS = {
+    **{
+        bit: name
+        for bit, name in _MARIADB_SQL_MODE_BITS.items()
+        if bit < 1 << 32 and bit != 1 << 4 and not bit & _MYSQL_IGNORED_SQL_MODE_BITS
+    },
+    1 << 32: "TIME_TRUNCATE_FRACTIONAL",
 }
 
 
-def sql_mode_names(bits: int | None) -> str | None:
-    """The ``sql_mode`` text for a binlog bitmask, or None when the event carried none."""
+def sql_mode_names(bits: int | None, flavor: str = "mariadb") -> str | None:
+    """The ``sql_mode`` text for a binlog bitmask of a ``flavor`` ("mariadb" | "mysql") source, or None when the
+    event carried none.
+
+    Every bit is named or refused: an unknown bit (a newer server's mode) raises :class:`UncarryableValueError`
+    naming it, since running the DDL without it could build another table than the source's.
+    """
     if bits is None:
         return None
-    return ",".join(name for bit, name in sorted(_SQL_MODE_BITS.items()) if bits & bit)
+    table = _MYSQL_SQL_MODE_BITS if flavor == "mysql" else _MARIADB_SQL_MODE_BITS
+    if flavor == "mysql":
+        bits &= ~_MYSQL_IGNORED_SQL_MODE_BITS
+    unknown = bits & ~sum(table)
+    if unknown:
+        numbers = ", ".join(str(n) for n in range(unknown.bit_length()) if unknown >> n & 1)
+        raise UncarryableValueError(
+            f"the statement's sql_mode 0x{bits:x} has bits austasync does not know for a {flavor} source (bit"
+            f" {numbers}): running it without them could change what it does"
+        )
+    return ",".join(name for bit, name in sorted(table.items()) if bits & bit)
+
+
+def _set_sql_mode(conn: Connection, mode: str) -> None:
+    """Set the session's sql_mode and check the server kept exactly those modes (a combination mode set by name
+    also sets its parts, so a bitmask holding ORACLE without one of them cannot be reproduced by name)."""
+    query(conn, "SET SESSION sql_mode = %s", (mode,))
+    got = str(query(conn, "SELECT @@SESSION.sql_mode")[0][0])
+    if set(filter(None, got.split(","))) != set(filter(None, mode.split(","))):
+        raise UncarryableValueError(
+            f"the target does not take the statement's sql_mode exactly: asked for {mode!r}, it has {got!r}"
+        )
+
+
+def check_ddl_sql_mode(conn: Connection, bits: int | None, flavor: str, where: str) -> None:
+    """Refuse, before anything is recorded, a DDL whose sql_mode the target cannot run it under exactly."""
+    try:
+        mode = sql_mode_names(bits, flavor)
+        if mode is None:
+            return
+        previous = str(query(conn, "SELECT @@SESSION.sql_mode")[0][0])
+        try:
+            _set_sql_mode(conn, mode)
+        finally:
+            query(conn, "SET SESSION sql_mode = %s", (previous,))
+    except UncarryableValueError as exc:
+        raise UncarryableValueError(
+            f'DDL at {where}: {exc}. Nothing was run; use on_ddl = "stop" and apply it to the target by hand'
+            " (then `austasync ddl --skip`)"
+        ) from None
 
 
 def execute_ddl(
@@ -1401,23 +1488,25 @@ def execute_ddl(
     sql_mode: int | None,
     timestamp: int | None = None,
     time_zone: str | None = None,
+    flavor: str = "mariadb",
 ) -> None:
     """Run a DDL on the target as it ran on the source: its database, sql_mode, clock and time zone.
 
     The clock matters: ``ADD COLUMN ... DEFAULT CURRENT_TIMESTAMP`` (Laravel's ``useCurrent()``) fills every
     existing row with "now", which must be the source's moment, as a replica does with ``SET TIMESTAMP``.
+    ``flavor`` is the source's, whose bits ``sql_mode`` holds; an unknown bit refuses the statement.
     """
+    mode = sql_mode_names(sql_mode, flavor)
     if database:
         query(conn, f"USE {quote_ident(database)}")
-    mode = sql_mode_names(sql_mode)
     previous = query(conn, "SELECT @@SESSION.sql_mode, @@SESSION.time_zone")[0]
-    if mode is not None:
-        query(conn, "SET SESSION sql_mode = %s", (mode,))
-    if time_zone:
-        query(conn, "SET SESSION time_zone = %s", (time_zone,))
-    if timestamp:
-        query(conn, "SET SESSION timestamp = %s", (timestamp,))
     try:
+        if mode is not None:
+            _set_sql_mode(conn, mode)
+        if time_zone:
+            query(conn, "SET SESSION time_zone = %s", (time_zone,))
+        if timestamp:
+            query(conn, "SET SESSION timestamp = %s", (timestamp,))
         query(conn, statement)
     finally:
         query(conn, "SET SESSION sql_mode = %s, time_zone = %s, timestamp = DEFAULT", (previous[0], previous[1]))

@@ -1,8 +1,16 @@
 """Connections and session set-up for the three kinds of sessions austasync opens.
 
-- source sessions read in ``time_zone='+00:00'``; snapshot sessions also pin REPEATABLE READ and check it,
-  because under READ COMMITTED ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` silently gives no snapshot;
-- target write sessions run with the settings of DESIGN.md rule 4;
+Every connection, on either side (copy reads, verifier, repair, cutover, preflight, the binlog library's dump
+and control connections, the target watcher), is pinned when it connects, in :meth:`DriverConnection.connect`
+(and again on a reconnect): ``sql_mode`` = :data:`SESSION_SQL_MODE`, ``time_zone='+00:00'`` and its character
+set, each read back and checked. Nothing depends on a server's global settings: under a global
+``NO_BACKSLASH_ESCAPES``, ``ANSI_QUOTES``, ``PAD_CHAR_TO_FULL_LENGTH`` or ``ORACLE`` a session that inherited
+them would read key literals, identifiers, CHAR values and ``SHOW CREATE TABLE`` differently on the two sides.
+On top of that:
+
+- snapshot sessions also pin REPEATABLE READ and check it, because under READ COMMITTED
+  ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` silently gives no snapshot;
+- target write sessions run with the rest of DESIGN.md rule 4 (READ COMMITTED, no foreign key checks), checked;
 - raw sessions (bulk copy) receive every value as the bytes the server rendered, with no driver conversion.
 """
 
@@ -25,7 +33,11 @@ from austasync.position import Position
 CONNECTION_CHARSET = "utf8mb4"
 Connection: TypeAlias = "pymysql.connections.Connection[Any]"  # generic only in the stubs
 
-TARGET_SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION,ALLOW_INVALID_DATES"
+# every session's sql_mode, source and target alike (DESIGN.md rule 4): id 0 stays 0, zero and invalid dates the
+# source accepted are accepted (and compare the same on both sides in key bounds), no escape, quoting, padding,
+# empty-string or dialect mode
+SESSION_SQL_MODE = "NO_AUTO_VALUE_ON_ZERO,STRICT_ALL_TABLES,ALLOW_INVALID_DATES,NO_ENGINE_SUBSTITUTION"
+SESSION_TIME_ZONE = "+00:00"
 ER_LOCK_DEADLOCK = 1213
 ER_LOCK_WAIT_TIMEOUT = 1205
 ER_DUP_ENTRY = 1062
@@ -93,6 +105,15 @@ class DriverConnection(pymysql.connections.Connection):
 
     _local_name: bytes = b""
     _local_data: bytes | None = None
+
+    def connect(self, sock: Any = None) -> None:
+        """Connect (or reconnect), then pin the session (:func:`pin_session`) before anything else runs on it."""
+        super().connect(sock)
+        try:
+            pin_session(self)
+        except BaseException:
+            self.close()
+            raise
 
     def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
         if isinstance(sslp, dict) and not sslp:
@@ -195,23 +216,77 @@ def execute_raw(conn: Connection, sql: str) -> int:
         return int(cur.execute(sql.encode("latin1")))
 
 
+def _same_charset(name: str) -> str:
+    """One name for utf8/utf8mb3: MySQL before 8.0.30 and MariaDB before 10.6 report utf8, newer ones utf8mb3."""
+    return "utf8mb3" if name == "utf8" else name
+
+
+def pin_session(conn: Connection) -> None:
+    """Set the session's sql_mode, time zone and character set, and check the server took them.
+
+    The charset is the connection's own (utf8mb4 for austasync's connections, the binlog library's choice for its
+    own). A server or proxy that does not keep them (an ``init_connect`` cannot override a later SET, but a
+    connection-multiplexing proxy can hand over another session) is refused instead of read under other rules.
+    """
+    charset = str(conn.charset)
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
+        cur.execute(
+            f"SET SESSION sql_mode = '{SESSION_SQL_MODE}', time_zone = '{SESSION_TIME_ZONE}',"
+            f" character_set_client = {charset}, character_set_connection = {charset},"
+            f" character_set_results = {charset}"
+        )
+        cur.execute(
+            "SELECT @@SESSION.sql_mode, @@SESSION.time_zone, @@SESSION.character_set_client,"
+            " @@SESSION.character_set_connection, @@SESSION.character_set_results"
+        )
+        row = cur.fetchone()
+    got = tuple(_text(v) for v in (row or ()))
+    wanted = (SESSION_SQL_MODE, SESSION_TIME_ZONE, charset, charset, charset)
+    kept = (
+        len(got) == len(wanted)
+        and set(got[0].split(",")) == set(SESSION_SQL_MODE.split(","))
+        and got[1] == SESSION_TIME_ZONE
+        and all(_same_charset(g) == _same_charset(charset) for g in got[2:])
+    )
+    if not kept:
+        raise UnavailableError(
+            f"the server did not keep the session settings austasync relies on: asked for sql_mode, time_zone and"
+            f" character sets {wanted}, the session has {got}; check init_connect and any proxy in between"
+        )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check(conn: Connection, expressions: str, wanted: tuple[str, ...], what: str) -> None:
+    row = query(conn, f"SELECT {expressions}")[0]
+    got = tuple(_text(v) for v in row)
+    if got != wanted:
+        raise UnavailableError(f"{what} session settings not kept: wanted {wanted}, the session has {got}")
+
+
 def setup_source_session(conn: Connection) -> None:
-    query(conn, "SET SESSION time_zone = '+00:00'")
+    """A plain source session: what every connection pins (sql_mode, ``time_zone='+00:00'``), checked again."""
+    _check(conn, "@@SESSION.time_zone", (SESSION_TIME_ZONE,), "source")
 
 
 def setup_raw_copy_session(conn: Connection) -> None:
-    """A source session whose text results carry each column's bytes unconverted."""
-    query(conn, "SET SESSION time_zone = '+00:00', character_set_results = binary")
+    """A session whose text results carry each column's bytes unconverted."""
+    query(conn, "SET SESSION character_set_results = binary")
+    _check(conn, "@@SESSION.time_zone, @@SESSION.character_set_results", (SESSION_TIME_ZONE, "binary"), "raw read")
 
 
 def setup_target_session(conn: Connection) -> None:
-    """The target write session of DESIGN.md rule 4."""
-    query(
-        conn,
-        "SET SESSION foreign_key_checks = 0, unique_checks = 1, time_zone = '+00:00',"
-        f" sql_mode = '{TARGET_SQL_MODE}', autocommit = 0",
-    )
+    """The target write session of DESIGN.md rule 4 (sql_mode and time zone are pinned by every connection)."""
+    query(conn, "SET SESSION foreign_key_checks = 0, unique_checks = 1, autocommit = 0")
     query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    _check(
+        conn,
+        f"@@SESSION.foreign_key_checks, @@SESSION.autocommit, @@SESSION.{isolation_variable(conn)}",
+        ("0", "0", "READ-COMMITTED"),
+        "target write",
+    )
 
 
 def start_snapshot(conn: Connection) -> None:

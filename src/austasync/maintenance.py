@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from austasync.config import Config
 from austasync.daemon import execute_ddl
-from austasync.db import Connection, connect, query, setup_target_session
+from austasync.db import Connection, connect, query, server_flavor, setup_target_session
 from austasync.ddl_resume import finish
 from austasync.errors import ConfigError, UnavailableError
 from austasync.mirror import Mirror
@@ -48,8 +48,16 @@ def resolve_ddl(config: Config, action: str | None) -> str:
                 raise ConfigError(
                     "the statement may name a schema that is renamed on the target; apply it by hand and use --skip"
                 )
+            # a stop recorded before the flavor was: the target's, which runs it (mixed pairs are not supported)
+            flavor = stop.get("sql_mode_flavor") or server_flavor(conn)[0]
             execute_ddl(
-                conn, stop["statement"], target_db, stop.get("sql_mode"), stop.get("timestamp"), stop.get("time_zone")
+                conn,
+                stop["statement"],
+                target_db,
+                stop.get("sql_mode"),
+                stop.get("timestamp"),
+                stop.get("time_zone"),
+                flavor,
             )
         state.check_fence(conn)
         resumes = finish(state, conn, stop, checkpoint.phase)

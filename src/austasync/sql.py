@@ -5,6 +5,13 @@ carry every MySQL type exactly (BIT strings, Python sets, negative TIME, binary 
 column has a :class:`Kind` that says how its literal is written; values come either as the raw bytes the server
 sent over the text protocol (bulk copy, ``character_set_results=binary``) or as Python values decoded from the
 binlog (stream), and both end as the same literal forms.
+
+String literals read the same under every ``sql_mode`` (the sessions are pinned too, :mod:`austasync.db`, but a
+key bound must not depend on that): a quote is doubled (``''`` is a quote in every mode, where ``\\'`` is not
+under ``NO_BACKSLASH_ESCAPES``), every other byte goes as itself (NUL, newline, CR and ^Z included), and a value
+holding a backslash, or an empty one (``EMPTY_STRING_IS_NULL`` makes ``''`` a NULL), is written in hex with its
+charset introducer, ``_utf8mb4 X'...'``. An introduced literal keeps the coercibility of a quoted one, so it
+compares under the column's collation, as the key order does; a bare ``X'...'`` would compare as binary.
 """
 
 from __future__ import annotations
@@ -16,7 +23,11 @@ from collections.abc import Iterable, Sequence
 
 from austasync.errors import UncarryableValueError
 
-_ESCAPE_TABLE = {0: "\\0", 10: "\\n", 13: "\\r", 26: "\\Z", 39: "\\'", 92: "\\\\"}
+# the bytes whose meaning in a quoted literal depends on the sql_mode or needs care: the quote (doubled) and the
+# backslash (the whole value goes in hex)
+SPECIAL_BYTES = b"'\\"
+# the introducer of the connections' own charset (db.CONNECTION_CHARSET), for a hex literal of connection text
+_CONNECTION_INTRODUCER = "_utf8mb4"
 
 
 class Kind(enum.Enum):
@@ -50,13 +61,18 @@ def qualified(db: str, table: str) -> str:
     return f"{quote_ident(db)}.{quote_ident(table)}"
 
 
-def escape_bytes(raw: bytes) -> str:
-    """The inside of a quoted literal for these bytes; latin1 keeps every byte as one character."""
-    return raw.decode("latin1").translate(_ESCAPE_TABLE)
+def quoted(raw: bytes, introducer: str) -> str:
+    """A string literal of these bytes that reads the same under every sql_mode (see the module's docstring).
 
-
-def _quoted(raw: bytes, introducer: str) -> str:
-    return f"{introducer}'{escape_bytes(raw)}'"
+    ``introducer``: ``_binary``, ``_<charset>``, or "" for text in the connection's charset. The result holds the
+    bytes as latin1 characters (one per byte).
+    """
+    if not raw or b"\\" in raw:
+        return f"{introducer or _CONNECTION_INTRODUCER} X'{raw.hex()}'"
+    text = raw.decode("latin1")
+    if "'" in text:
+        text = text.replace("'", "''")
+    return f"{introducer}'{text}'"
 
 
 def raw_literal(raw: bytes | None, kind: Kind, charset: str) -> str:
@@ -76,10 +92,10 @@ def raw_literal(raw: bytes | None, kind: Kind, charset: str) -> str:
     if kind is Kind.ENUM:
         return _enum_literal(int(raw))
     if kind is Kind.BINARY:
-        return _quoted(raw, "_binary")
+        return quoted(raw, "_binary")
     if kind is Kind.TEXT:
-        return _quoted(raw, "_" + charset)
-    return _quoted(raw, "")  # TEMPORAL, FIXEDBIN: ASCII text in the connection's charset
+        return quoted(raw, "_" + charset)
+    return quoted(raw, "")  # TEMPORAL, FIXEDBIN: ASCII text in the connection's charset
 
 
 def select_expr(column: str, kind: Kind) -> str:
@@ -137,15 +153,15 @@ def value_literal(value: object, kind: Kind, charset: str) -> str:
         return text if "e" in text else text + "e0"
     if isinstance(value, bytes):
         if kind is Kind.TEXT:
-            return _quoted(value, "_" + charset)
-        return _quoted(value, "_binary")
+            return quoted(value, "_" + charset)
+        return quoted(value, "_binary")
     if isinstance(value, str):
         if kind is Kind.BINARY:
             raise UncarryableValueError(f"text value for binary column ({kind.value})")
         if kind is Kind.TEMPORAL:
             # the server's own text form, zero and partial-zero dates included, read in time_zone '+00:00'
-            return _quoted(value.encode("ascii"), "")
-        return _quoted(value.encode("utf-8"), "_utf8mb4")
+            return quoted(value.encode("ascii"), "")
+        return quoted(value.encode("utf-8"), "_utf8mb4")
     if isinstance(value, dt.datetime):
         return f"'{value:%Y-%m-%d %H:%M:%S}.{value.microsecond:06d}'"
     if isinstance(value, dt.date):

@@ -41,7 +41,7 @@ from typing import Any
 
 from austasync.errors import UncarryableValueError
 from austasync.schema import Column
-from austasync.sql import _ESCAPE_TABLE, Kind, escape_bytes, value_literal
+from austasync.sql import SPECIAL_BYTES, Kind, quoted, value_literal
 
 # binlog column types (include/mysql_com.h enum_field_types)
 DECIMAL, TINY, SHORT, LONG, FLOAT, DOUBLE, NULL, TIMESTAMP, LONGLONG, INT24 = range(10)
@@ -296,10 +296,9 @@ def _json_container(buf: bytes, start: int, *, large: bool, is_object: bool) -> 
 
 # --- literals (the rules of sql.value_literal, for the Python type each binlog type decodes to) ------------------
 
-# the bytes sql.escape_bytes rewrites; a value without any (most values) is its latin1 text as is. Checked by
+# the bytes sql.quoted rewrites; a non-empty value without any (most values) is its latin1 text as is. Checked by
 # deleting them and comparing lengths: 0.3 us for 120 bytes, against 0.9 us for a regex search (measured here)
-_SPECIAL = b"\x00\n\r\x1a'\\"
-assert set(_SPECIAL) == set(_ESCAPE_TABLE)  # noqa: S101 (the two lists must not drift apart)
+_SPECIAL = SPECIAL_BYTES
 
 
 def _float_literal(value: float) -> str:
@@ -454,8 +453,8 @@ def _literal_expr(spec: ColumnSpec, column: Column, v: str) -> str:
         return f"_float_literal({v})"
     if t in _BYTES_TYPES:
         introducer = f"_{column.charset}" if kind is Kind.TEXT else "_binary"
-        text = f"({v}.decode('latin1') if len({v}.translate(None, _SPECIAL)) == len({v}) else _escape_bytes({v}))"
-        return f'{introducer!r} + "\'" + {text} + "\'"'
+        plain = f"{introducer!r} + \"'\" + {v}.decode('latin1') + \"'\""
+        return f"({plain} if {v} and len({v}.translate(None, _SPECIAL)) == len({v}) else _quoted({v}, {introducer!r}))"
     if t in _TEMPORAL_TYPES and kind is Kind.TEMPORAL:
         return f'"\'" + {v} + "\'"'  # the decoders' text has only digits, '-', ':', '.' and ' '
     return f"_value_literal({v}, _KIND_{kind.name}, {column.charset!r})"
@@ -484,7 +483,7 @@ _NAMESPACE: dict[str, Any] = {
     "_time_old": _time_old,
     "_json_text": json_text,
     "_SPECIAL": _SPECIAL,
-    "_escape_bytes": escape_bytes,
+    "_quoted": quoted,
     "_float_literal": _float_literal,
     "_value_literal": value_literal,
     "_Enum0": _Enum0,
