@@ -71,19 +71,28 @@ class Source:
             self.run(txn, round_no)
 
     def run(self, txn: model.Transaction, round_no: int) -> None:
-        outcome = "commit"
+        """The transaction's statements, then COMMIT. A statement the server refuses is rolled back alone (the
+        server's statement-level rollback) and the transaction goes on, as an application's would; a deadlock
+        or lock wait timeout rolls back the whole transaction."""
+        failed: list[str] = []
         try:
             with self.conn.cursor() as cur:
-                for statement in txn.statements:
+                for index, statement in enumerate(txn.statements):
                     self.statements += 1
-                    cur.execute(statement)
+                    try:
+                        cur.execute(statement)
+                    except pymysql.err.MySQLError as exc:
+                        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
+                        failed.append(f"#{index} error {code}: {str(exc.args[-1])[:100]}")
+                        if code not in EXPECTED_ERRORS:
+                            self.unexpected.append(f"{failed[-1]} in {statement[:300]}")
+                        if code in (1213, 1205):
+                            raise
             self.conn.commit()
-        except pymysql.err.MySQLError as exc:
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
-            outcome = f"error {code}: {str(exc.args[-1])[:120]}"
-            if code not in EXPECTED_ERRORS:
-                self.unexpected.append(f"{outcome} in {txn.statements}")
+            outcome = "commit" + (f" ({'; '.join(failed)})" if failed else "")
+        except pymysql.err.MySQLError:
             self.conn.rollback()
+            outcome = f"rolled back ({'; '.join(failed)})"
         self.log.append(Logged(round_no, txn.kind, txn.statements, outcome))
 
 
@@ -148,7 +157,7 @@ def minimal_log(source: Source, round_no: int, found: list[str]) -> str:
 def outcome_counts(source: Source) -> dict[str, int]:
     counts: dict[str, int] = {}
     for entry in source.log:
-        key = f"{entry.kind}:{entry.outcome.split(':')[0]}"
+        key = f"{entry.kind}:{entry.outcome.split(' (')[0]}{' with errors' if '(' in entry.outcome else ''}"
         counts[key] = counts.get(key, 0) + 1
     return counts
 
