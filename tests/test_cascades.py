@@ -5,7 +5,7 @@ case runs its statements on the source while the daemon streams and compares bot
 client's dump (not austasync's code), so the expected result is the source's own, InnoDB's.
 
 The random test builds FK graphs with cycles, self-references, diamonds, SET NULL and ON UPDATE CASCADE, and
-random deletes and updates; ``AUSTASYNC_CASCADE_SEEDS`` sets how many graphs (default 12, about 30 s) and
+random deletes and updates; ``AUSTASYNC_CASCADE_SEEDS`` sets how many graphs (default 12, about 15 s) and
 ``AUSTASYNC_CASCADE_SEED`` the first seed (default: random, printed).
 """
 
