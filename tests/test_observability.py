@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from austasync.metrics import REFERENCE
-from conftest import Env
+from conftest import Env, dump
 from servers import free_port
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -329,3 +329,33 @@ def test_a_foreign_write_made_while_no_daemon_runs_is_detected_by_the_next(env: 
         time.sleep(0.3)
     assert foreign_writes(env) == {f"{env.db}.t": 1}
     assert "from where the last daemon stopped" in env.daemon_log()
+
+
+def test_a_repair_made_while_no_daemon_runs_is_austasyncs_own_for_the_next(env: Env) -> None:
+    """On 86f8c17 the daemon-less repair's transaction touched no state row: the next daemon's watcher took it
+    for a foreign write and closed the gate over a repair that had just made both sides equal."""
+    proc = start(env)
+    time.sleep(1.5)  # a status publish: where the watcher got to is in Redis
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    # drift the watcher cannot see (out of the target's binlog), so that only the repair is in it
+    env.target.execute("SET SESSION sql_log_bin = 0", f"UPDATE {env.db}.t SET v = 'drift' WHERE id IN (7, 8)")
+    repaired = env.run_cli("verify", "--repair", "--json")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert json.loads(repaired.stdout)["repair"]["tables"] == {
+        f"{env.db}.t": {"keys": 2, "rows_deleted": 2, "rows_written": 2}
+    }
+    assert dump(env.source, env.db, "t", "id") == dump(env.target, env.db, "t", "id")
+    again = env.start_daemon()
+    env.source.execute(f"UPDATE {env.db}.t SET v = 'ours again' WHERE id = 2")
+    env.wait_caught_up(proc=again)
+    time.sleep(2)
+    assert not any(foreign_writes(env).values()), foreign_writes(env)
+    code, doc = ready(env)
+    assert code == 0, doc
+    # the watcher did read past the repair: a real foreign write after it is counted, once
+    env.target.execute(f"UPDATE {env.db}.t SET v = 'artisan migrate' WHERE id = 9")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(foreign_writes(env).values()):
+        time.sleep(0.3)
+    assert foreign_writes(env) == {f"{env.db}.t": 1}

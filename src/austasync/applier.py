@@ -7,8 +7,8 @@ row (DESIGN.md rule 3). The batch, its cascade steps and the new checkpoint comm
 nothing is ever applied twice. A duplicate-key error is drift and stops the daemon.
 
 Foreign-key cascades are not in the binlog (rule 5): before a row event that deletes a parent or changes a
-referenced column, the images so far are flushed into the open transaction and the CASCADE / SET NULL effects
-are reproduced by hand, recursively.
+referenced column, the images so far are flushed into the open transaction and :mod:`austasync.cascade`
+reproduces the CASCADE / SET NULL effects as InnoDB ran them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import pymysql
 
+from austasync.cascade import Cascade, referenced_changed
+from austasync.cascade import TablePlan as CascadePlan
 from austasync.db import ER_DUP_ENTRY, Connection, DriverConnection, execute_raw, query
 from austasync.errors import DriftError, UncarryableValueError
 from austasync.events import Key, LiteralRows, Row, Rows, TxnImages
@@ -50,7 +52,6 @@ class _TablePlan:
     kinds: tuple[tuple[Kind, str], ...]  # per column of the table: (kind, charset)
     on_delete: tuple[ForeignKey, ...] = ()
     on_update: tuple[ForeignKey, ...] = ()
-    self_referencing: bool = False
 
     def key(self, row: Row) -> tuple[object, ...]:
         return tuple(row[i] for i in self.key_idx)
@@ -193,6 +194,7 @@ class Applier:
         self.plans_tables = dict(tables)  # what a ChunkWriter beside this applier is built from
         self.foreign_keys = list(foreign_keys)
         self.plans = {tid: self._plan(t, foreign_keys) for tid, t in tables.items()}
+        self.cascade = Cascade(self.plans, self._cascade_execute, self._select, touched)
         self.position = position  # last boundary consumed (committed or pending in the open batch)
         self.committed = position
         self.images: dict[TableId, dict[tuple[object, ...], Row | None]] = {}
@@ -230,7 +232,6 @@ class Applier:
             kinds=tuple((c.kind, c.charset) for c in table.columns),
             on_delete=tuple(f for f in fks if f.parent == table.id and f.on_delete in ("CASCADE", "SET NULL")),
             on_update=tuple(f for f in fks if f.parent == table.id and f.on_update in ("CASCADE", "SET NULL")),
-            self_referencing=any(f.parent == table.id and f.child == table.id for f in fks),
         )
 
     # --- consuming the stream ---------------------------------------------------------------------------------
@@ -255,10 +256,11 @@ class Applier:
         images = self.images.setdefault(plan.table.id, {})
         for before, after in event.rows:
             if cascading:
-                if plan.self_referencing:
+                if plan.table.id in self.cascade.cyclic:
+                    # the cascade can come back to this table: it must see the rows before this one applied
                     self.flush()
                     images = self.images.setdefault(plan.table.id, {})
-                self._cascade(plan, event.kind, before, after)
+                self._cascade_row(plan, event.kind, before, after)
             if before is not None and (after is None or plan.key(before) != plan.key(after)):
                 images[plan.key(before)] = DELETED
             if after is not None:
@@ -447,7 +449,7 @@ class Applier:
         if parts:
             self._execute(head + ",".join(parts), plan)
 
-    def _execute(self, sql: str, plan: _TablePlan) -> int:
+    def _execute(self, sql: str, plan: CascadePlan) -> int:
         try:
             return execute_raw(self.conn, sql)
         except pymysql.err.IntegrityError as exc:
@@ -657,104 +659,35 @@ class Applier:
                 f"{plan.table}: LOAD DATA loaded {loaded} of {rows} rows with {warnings} warnings", plan.table.id
             )
 
-    # --- foreign-key cascades (rule 5) ------------------------------------------------------------------------
+    # --- foreign-key cascades (rule 5): cascade.py -------------------------------------------------------------
 
     def _needs_cascade(self, plan: _TablePlan, event: Rows) -> bool:
         if event.kind == "delete":
             return bool(plan.on_delete)
         if event.kind == "update" and plan.on_update:
             return any(
-                before is not None and after is not None and _referenced_changed(plan, fk, before, after)
+                before is not None and after is not None and referenced_changed(plan, fk, before, after)
                 for fk in plan.on_update
                 for before, after in event.rows
             )
         return False
 
-    def _cascade(self, plan: _TablePlan, kind: str, before: Row | None, after: Row | None) -> None:
+    def _cascade_row(self, plan: _TablePlan, kind: str, before: Row | None, after: Row | None) -> None:
         if kind == "delete" and before is not None:
-            self._parent_deleted(plan, before)
+            self.cascade.deleted(plan, before)
         elif kind == "update" and before is not None and after is not None:
-            self._parent_updated(plan, before, after)
+            self.cascade.updated(plan, before, after)
 
-    def _parent_deleted(self, plan: _TablePlan, row: Sequence[object]) -> None:
-        for fk in plan.on_delete:
-            values = _values(plan, fk.parent_columns, row)
-            if any(v is None for v in values):
-                continue  # a NULL references nothing
-            child = self.plans[fk.child]
-            if self.touched is not None:
-                self.touched.whole(fk.child)  # the cascade's child keys are not in the binlog
-            where = self._match(child, fk.child_columns, values)
-            if fk.on_delete == "CASCADE":
-                if child.on_delete:
-                    for grandchild_row in self._select(child, where):
-                        self._parent_deleted(child, grandchild_row)
-                self._execute(f"DELETE FROM {child.target} WHERE {where}", child)
-            else:
-                self._set_children(child, fk, where, None)
+    def _cascade_execute(self, sql: str, plan: CascadePlan) -> int:
+        self._open()  # the fence is checked before the cascade reads or writes anything
+        return self._execute(sql, plan)
 
-    def _parent_updated(self, plan: _TablePlan, before: Sequence[object], after: Sequence[object]) -> None:
-        for fk in plan.on_update:
-            if not _referenced_changed(plan, fk, before, after):
-                continue
-            old = _values(plan, fk.parent_columns, before)
-            if any(v is None for v in old):
-                continue
-            child = self.plans[fk.child]
-            if self.touched is not None:
-                self.touched.whole(fk.child)  # the cascade's child keys are not in the binlog
-            where = self._match(child, fk.child_columns, old)
-            new = _values(plan, fk.parent_columns, after) if fk.on_update == "CASCADE" else None
-            self._set_children(child, fk, where, new)
-
-    def _set_children(self, child: _TablePlan, fk: ForeignKey, where: str, new: Sequence[object] | None) -> None:
-        """Set the child's FK columns to ``new`` (None: SET NULL), cascading further where they are referenced."""
-        names = [c.name for c in child.table.columns]
-        if child.on_update and any(set(fk.child_columns) & set(f.parent_columns) for f in child.on_update):
-            for row in self._select(child, where):
-                changed = list(row)
-                for i, col in enumerate(fk.child_columns):
-                    changed[names.index(col)] = None if new is None else new[i]
-                self._parent_updated(child, row, changed)
-        sets = []
-        for i, col in enumerate(fk.child_columns):
-            idx = names.index(col)
-            lit = "NULL" if new is None else value_literal(new[i], child.kinds[idx][0], child.kinds[idx][1])
-            sets.append(f"{quote_ident(col)} = {lit}")
-        # InnoDB's own cascade leaves ON UPDATE CURRENT_TIMESTAMP columns alone; assigning them keeps them
-        sets += [f"{quote_ident(c.name)} = {quote_ident(c.name)}" for c in child.table.columns if c.on_update_timestamp]
-        self._execute(f"UPDATE {child.target} SET {', '.join(sets)} WHERE {where}", child)
-
-    def _match(self, plan: _TablePlan, columns: Sequence[str], values: Sequence[object]) -> str:
-        names = [c.name for c in plan.table.columns]
-        terms = []
-        for col, value in zip(columns, values, strict=True):
-            kind, charset = plan.kinds[names.index(col)]
-            terms.append(f"{quote_ident(col)} = {value_literal(value, kind, charset)}")
-        return " AND ".join(terms)
-
-    def _select(self, plan: _TablePlan, where: str) -> list[tuple[object, ...]]:
+    def _select(self, plan: CascadePlan, where: str) -> list[tuple[object, ...]]:
+        self._open()  # the fence is checked before the cascade reads or writes anything
         cols = ",".join(quote_ident(c.name) for c in plan.table.columns)
         with self.conn.cursor() as cur:
             cur.execute(f"SELECT {cols} FROM {plan.target} WHERE {where} FOR UPDATE".encode("latin1"))
             return list(cur.fetchall())
-
-
-def _values(plan: _TablePlan, columns: Sequence[str], row: Sequence[object]) -> list[object]:
-    names = [c.name for c in plan.table.columns]
-    return [row[names.index(c)] for c in columns]
-
-
-def _referenced_changed(plan: _TablePlan, fk: ForeignKey, before: Sequence[object], after: Sequence[object]) -> bool:
-    """A change of bytes counts, even where the collation says equal ('abc' -> 'ABC' cascades)."""
-    return any(
-        _bytes_differ(a, b)
-        for a, b in zip(_values(plan, fk.parent_columns, before), _values(plan, fk.parent_columns, after), strict=True)
-    )
-
-
-def _bytes_differ(a: object, b: object) -> bool:
-    return type(a) is not type(b) or a != b
 
 
 def _row_size(row: Row) -> int:

@@ -104,6 +104,7 @@ def _repair_table(conn: Connection, state: TargetState, reader: SnapshotReader, 
     keys = [d.key for d in result.differences]
     rows = source_rows(reader, table, keys)
     state.check_fence(conn)
+    state.mark_own_write(conn)  # so the next daemon's watcher knows this transaction for austasync's (rule 13)
     deleted = 0
     for batch in _batches(keys, KEYS_PER_STATEMENT):
         where = in_list(table.key, [_key_literals(table, k) for k in batch])

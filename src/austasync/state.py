@@ -233,6 +233,26 @@ class TargetState:
             (position.file, position.pos, skip_events, phase, self.migration),
         )
 
+    def mark_own_write(self, conn: Connection) -> None:
+        """Change this migration's state row (its ``updated_at`` only) in the caller's open transaction.
+
+        The target's write watcher knows austasync's transactions by a changed state row (rule 13). A write that
+        moves no checkpoint or cursor (a repair run with no daemon) calls this, or the next daemon would report
+        it as a foreign write. The new value is always later than the old, so the row really changes and is in
+        the binlog even within one microsecond.
+        """
+        with conn.cursor() as cur:
+            changed = cur.execute(
+                f"UPDATE {self.schema}.state SET updated_at ="
+                " GREATEST(CURRENT_TIMESTAMP(6), updated_at + INTERVAL 1 MICROSECOND) WHERE migration = %s",
+                (self.migration,),
+            )
+        if changed != 1:
+            raise FencedError(
+                f"the state row of migration {self.migration!r} is missing from the target: refusing to write"
+                " what the next daemon could not tell from a foreign write"
+            )
+
     def save_stop(self, conn: Connection, stop: dict[str, Any] | None) -> None:
         query(
             conn,
