@@ -56,9 +56,16 @@ class MariaDB:
     def datadir(self) -> Path:
         return self.base / "data"
 
+    @property
+    def tmpdir(self) -> Path:
+        """The server's own temporary directory: in a shared /tmp, another process's clean-up deleted a running
+        server's temporary tables (``Error on delete of '/tmp/#sql-temptable-...'``)."""
+        return self.base / "tmp"
+
     def install(self) -> None:
         self.datadir.mkdir(parents=True, exist_ok=True)
         (self.base / "binlog").mkdir(exist_ok=True)
+        self.tmpdir.mkdir(exist_ok=True)
         result = subprocess.run(
             [
                 _which("mariadb-install-db"),
@@ -70,6 +77,7 @@ class MariaDB:
             ],
             check=False,
             capture_output=True,
+            env={**os.environ, "TMPDIR": str(self.tmpdir)},
         )
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode(errors="replace")[-3000:]
@@ -78,10 +86,12 @@ class MariaDB:
     def start(self, timeout: float = 60.0) -> None:
         if not self.datadir.exists():
             self.install()
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         args = [
             _which("mariadbd"),
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             "--bind-address=127.0.0.1",
             f"--socket={self.base / 'mysqld.sock'}",
