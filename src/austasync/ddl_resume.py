@@ -18,7 +18,7 @@ from typing import Any
 
 from austasync.binlog.adapter import logged_statements
 from austasync.config import Config
-from austasync.db import Connection, binlog_end_or_none, query
+from austasync.db import Connection, query
 from austasync.position import Position
 from austasync.state import TargetState
 
@@ -63,8 +63,9 @@ def _still_running(admin: Connection, thread: int, log: Any, sleep: Callable[[fl
 
 def ran_on_target(
     config: Config, admin: Connection, stop: dict[str, Any], log: Any, sleep: Callable[[float], None] = time.sleep
-) -> bool | None:
-    """Whether the interrupted DDL of ``stop`` ran on the target; None when that cannot be told."""
+) -> Position | bool | None:
+    """Where the interrupted DDL of ``stop`` ended in the target's binlog if it ran, False if it did not, None when
+    that cannot be told."""
     thread = int(stop["thread"])
     if _still_running(admin, thread, log, sleep):
         return None
@@ -73,7 +74,8 @@ def ran_on_target(
     except Exception as exc:  # noqa: BLE001 (any failure to read leaves the decision to the operator)
         log.warning("cannot read the target's binlog to tell whether the interrupted DDL ran", error=str(exc)[:300])
         return None
-    return any(t == thread and not text.lstrip().upper().startswith(_NOT_DDL) for t, text in logged)
+    ends = [end for t, text, end in logged if t == thread and not text.lstrip().upper().startswith(_NOT_DDL)]
+    return ends[-1] if ends else False
 
 
 def recover(
@@ -91,10 +93,13 @@ def recover(
     if ran is None:
         return False
     state.check_fence(writer)
+    # austasync's own DDL, which the target-write watcher must not report: from before the tables it dropped to
+    # make room (own_from) to the end of the statement, or only to where the statement would have started
+    own_from = Position.parse(stop.get("own_from") or stop["target_from"])
+    own_to = ran if isinstance(ran, Position) else Position.parse(stop["target_from"])
+    if own_to != own_from:
+        state.record_own_ddl(writer, own_from, own_to, stop["statement"])
     if ran:
-        end = binlog_end_or_none(admin)
-        if end is not None:  # austasync's own DDL: the target-write watcher must not report it
-            state.record_own_ddl(writer, Position.parse(stop["target_from"]), end, stop["statement"])
         resumes = finish(state, writer, stop, phase)
     else:
         state.save_stop(writer, None)
@@ -103,7 +108,7 @@ def recover(
     log.warning(
         "recovered an interrupted DDL execution",
         statement=str(stop["statement"])[:300],
-        ran_on_target=ran,
+        ran_on_target=bool(ran),
         resumes_at=resumes,
     )
     return True

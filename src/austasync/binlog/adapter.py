@@ -439,8 +439,8 @@ def _connection_settings(db: DatabaseConfig, read_timeout: float) -> dict[str, A
     }
 
 
-def logged_statements(server: DatabaseConfig, server_id: int, start: Position) -> list[tuple[int, str]]:
-    """(connection id, text) of every statement ``server`` logged as text from ``start`` to its binlog's end now.
+def logged_statements(server: DatabaseConfig, server_id: int, start: Position) -> list[tuple[int, str, Position]]:
+    """(connection id, text, end) of every statement ``server`` logged as text from ``start`` to its binlog's end.
 
     The id is the session that ran it (the Query event's thread id): how a restart tells whether a DDL of its own,
     interrupted by a kill, ran (:mod:`austasync.ddl_resume`).
@@ -459,7 +459,10 @@ def logged_statements(server: DatabaseConfig, server_id: int, start: Position) -
         pymysql_wrapper=DriverConnection,
     )
     try:
-        return [(int(event.slave_proxy_id), str(event.query)) for event in stream]
+        return [
+            (int(event.slave_proxy_id), str(event.query), Position(stream.log_file, int(event.packet.log_pos)))
+            for event in stream
+        ]
     finally:
         stream.close()
 
