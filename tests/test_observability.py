@@ -420,16 +420,18 @@ def test_a_row_write_closes_the_gate_until_a_repair_and_clean_verification_and_a
     wait_for(lambda: "no_foreign_writes" in failing(ready(env)[1]), what="the gate to close")
     code, doc = ready(env)
     assert code == 1 and failing(doc) == {"no_foreign_writes"}
-    (write,) = foreign_check(env)["value"]["open"]
-    assert write["kind"] == "rows" and write["objects"] == [f"{env.db}.t"]
-    status = env.run_cli("status")
-    assert f"#{write['id']} at target {write['target_position']}: row changes to {env.db}.t" in status.stdout
-    code, doc = cli_verify(env, "--repair")
-    assert code == 0, doc
-    (cleared,) = doc["foreign_writes_cleared"]
-    assert cleared["id"] == write["id"] and cleared["cleared_by"].startswith("austasync verify by ")
+    opened = foreign_check(env)["value"].get("open")
+    status = env.run_cli("status").stdout
+    code, repaired = cli_verify(env, "--repair")
+    assert code == 0, repaired
     assert dump(env.source, env.db, "t", "id") == dump(env.target, env.db, "t", "id")
     wait_for(lambda: ready(env)[0] == 0, what="the gate to reopen after the repair")
+    # while it was open, /ready and status named it; the repair's clean verification cleared it, saying who
+    (write,) = opened
+    assert write["kind"] == "rows" and write["objects"] == [f"{env.db}.t"]
+    assert f"#{write['id']} at target {write['target_position']}: row changes to {env.db}.t" in status
+    (cleared,) = repaired["foreign_writes_cleared"]
+    assert cleared["id"] == write["id"] and cleared["cleared_by"].startswith("austasync verify by ")
     # a new daemon reads the write again from a saved position before it, with an idle source: still cleared
     proc = restart_watching_from(env, proc, before)
     time.sleep(2.5)  # a refresh and a publish of the new daemon

@@ -436,7 +436,8 @@ class Daemon:
         self.scheduler.invalidate(f"a foreign write on the target: {write.describe()}")
         self._refresh_foreign(force=True)
         self.log.error(
-            "FOREIGN SCHEMA CHANGE on the target: someone else changed a replicated view, routine, trigger or event"
+            "FOREIGN WRITE (schema change) on the target: someone else changed a replicated view, routine, trigger"
+            " or event; verify's schema comparison judges it"
             if write.kind == "schema"
             else "FOREIGN WRITE on the target: something other than austasync changed a replicated table (drift)",
             what=write.describe(),
