@@ -359,3 +359,143 @@ def test_a_repair_made_while_no_daemon_runs_is_austasyncs_own_for_the_next(env: 
     while time.monotonic() < deadline and not any(foreign_writes(env).values()):
         time.sleep(0.3)
     assert foreign_writes(env) == {f"{env.db}.t": 1}
+
+
+# --- the foreign-write lifecycle (issue 17) ---------------------------------------------------------------------
+
+
+def status_doc(env: Env) -> dict[str, Any]:
+    raw = redis.Redis.from_url(env.redis.url).get(f"t:{env.name}:status")
+    return json.loads(raw) if raw else {}
+
+
+def foreign_check(env: Env) -> dict[str, Any]:
+    return {c["name"]: c for c in ready(env)[1]["checks"]}["no_foreign_writes"]
+
+
+def wait_for(condition: Any, timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def target_position(env: Env) -> str:
+    rows = env.target.execute("SHOW MASTER STATUS")
+    return f"{rows[0][0]}:{rows[0][1]}"
+
+
+def restart_watching_from(env: Env, proc: subprocess.Popen[bytes], position: str) -> subprocess.Popen[bytes]:
+    """Stop the daemon and start another whose watcher resumes at ``position`` (as after a crash before a status
+    publish): it reads the same target binlog again."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    client = redis.Redis.from_url(env.redis.url)
+    doc = status_doc(env)
+    doc["foreign_write_watch_position"]["at"] = position
+    client.set(f"t:{env.name}:status", json.dumps(doc))
+    again = env.start_daemon()
+    env.wait_caught_up(proc=again)
+    wait_for(lambda: "already recorded" in env.daemon_log(), what="the watcher to read the write again")
+    return again
+
+
+def cli_verify(env: Env, *args: str) -> tuple[int, dict[str, Any]]:
+    result = env.run_cli("verify", "--json", *args, timeout=120)
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_a_view_created_on_the_target_is_schema_drift_of_that_view_not_a_row_foreign_write(env: Env) -> None:
+    start(env)
+    other = f"{env.db}_other"
+    env.target.execute(
+        f"USE {env.db}",
+        "CREATE VIEW v AS SELECT id FROM t",  # what an operator does today: views are not migrated
+        f"CREATE DATABASE {other}",  # another schema whose view body names the replicated one
+        f"CREATE VIEW {other}.info AS SELECT id FROM {env.db}.t",
+    )
+    wait_for(lambda: status_doc(env).get("foreign_writes"), what="the view DDL to be seen")
+    time.sleep(1.5)  # the watcher has read the second view too
+    assert {table: n for table, n in foreign_writes(env).items() if n} == {}  # no row drift of any table
+    _, text = http(env, "/metrics")
+    assert metric(text, "austasync_foreign_schema_changes_total", f'object="view {env.db}.v"') == 1
+    assert f"{other}.info" not in text  # a view outside the selection is none of austasync's business
+    check = foreign_check(env)
+    assert not check["ok"]
+    assert [(w["kind"], w["objects"]) for w in check["value"]["open"]] == [("schema", [f"view {env.db}.v"])]
+    # verify's schema comparison judges it: the source has no such view, so a full pass does not clear it
+    code, doc = cli_verify(env)
+    assert code == 1 and [d["object"] for d in doc["schema_differences"]] == [f"{env.db}.v"]
+    assert doc["foreign_writes_cleared"] == [] and len(doc["foreign_writes_open"]) == 1
+    env.target.execute(f"DROP VIEW {env.db}.v")
+    wait_for(lambda: status_doc(env).get("foreign_writes") == 2, what="the DROP VIEW to be seen")
+    code, doc = cli_verify(env)
+    assert code == 0, doc
+    assert sorted(w["objects"][0] for w in doc["foreign_writes_cleared"]) == [f"view {env.db}.v"] * 2
+    wait_for(lambda: foreign_check(env)["ok"], what="the gate check to clear")
+
+
+def test_a_row_write_closes_the_gate_until_a_repair_and_clean_verification_and_a_restart_keeps_it_open(
+    env: Env,
+) -> None:
+    proc = start(env)
+    code, _ = cli_verify(env)
+    assert code == 0
+    wait_for(lambda: ready(env)[0] == 0, what="the gate to open")
+    before = target_position(env)
+    env.target.execute(f"UPDATE {env.db}.t SET v = 'artisan migrate' WHERE id = 2")  # an app pod writes early
+    wait_for(lambda: "no_foreign_writes" in failing(ready(env)[1]), what="the gate to close")
+    code, doc = ready(env)
+    assert code == 1 and failing(doc) == {"no_foreign_writes"}
+    opened = foreign_check(env)["value"].get("open")
+    status = env.run_cli("status").stdout
+    code, repaired = cli_verify(env, "--repair")
+    assert code == 0, repaired
+    assert dump(env.source, env.db, "t", "id") == dump(env.target, env.db, "t", "id")
+    wait_for(lambda: ready(env)[0] == 0, what="the gate to reopen after the repair")
+    # while it was open, /ready and status named it; the repair's clean verification cleared it, saying who
+    (write,) = opened
+    assert write["kind"] == "rows" and write["objects"] == [f"{env.db}.t"]
+    assert f"#{write['id']} at target {write['target_position']}: row changes to {env.db}.t" in status
+    (cleared,) = repaired["foreign_writes_cleared"]
+    assert cleared["id"] == write["id"] and cleared["cleared_by"].startswith("austasync verify by ")
+    # a new daemon reads the write again from a saved position before it, with an idle source: still cleared
+    proc = restart_watching_from(env, proc, before)
+    time.sleep(2.5)  # a refresh and a publish of the new daemon
+    code, doc = ready(env)
+    assert code == 0, doc
+    assert {table: n for table, n in foreign_writes(env).items() if n} == {}  # not counted again
+
+
+def test_an_acknowledged_foreign_write_ends_and_restarts_never_count_it_twice(env: Env) -> None:
+    proc = start(env)
+    code, _ = cli_verify(env)
+    assert code == 0
+    before = target_position(env)
+    env.target.execute(f"DELETE FROM {env.db}.t WHERE id = 3")
+    wait_for(lambda: status_doc(env).get("foreign_writes") == 1, what="the write to be recorded")
+    for _ in range(2):
+        proc = restart_watching_from(env, proc, before)
+        time.sleep(2.5)
+        assert status_doc(env)["foreign_writes"] == 1  # one write, one record, whatever reads it again
+        _, text = http(env, "/metrics")
+        assert metric(text, "austasync_foreign_writes_total", f'table="{env.db}.t"') == 0  # counted once, before
+        assert metric(text, "austasync_foreign_writes_open") == 1
+        assert "no_foreign_writes" in failing(ready(env)[1])
+    listed = env.run_cli("foreign-writes", "--json")
+    assert listed.returncode == 1  # open ones remain
+    (write,) = json.loads(listed.stdout)["foreign_writes"]
+    acked = env.run_cli("foreign-writes", "--ack", str(write["id"]), "--by", "alice")
+    assert acked.returncode == 0, acked.stdout + acked.stderr
+    assert f"acknowledged #{write['id']}" in acked.stdout and "by alice" in acked.stdout
+    rows = env.target.execute(
+        f"SELECT cleared_by, cleared_at IS NOT NULL FROM _austasync.foreign_write WHERE id = {write['id']}"
+    )
+    assert rows == [("alice", 1)]
+    wait_for(lambda: ready(env)[0] == 0, what="the gate to reopen after the ack")
+    history = json.loads(env.run_cli("foreign-writes", "--all", "--json").stdout)["foreign_writes"]
+    assert [(w["id"], w["cleared_by"]) for w in history] == [(write["id"], "alice")]
+    assert env.run_cli("foreign-writes", "--ack", str(write["id"])).returncode == 2  # not open any more

@@ -17,6 +17,7 @@ from austasync import config as configmod
 from austasync.binlog.adapter import BinlogReader
 from austasync.binlog.statements import Selection, judge, parse, tokenize
 from austasync.events import Commit, Event, LiteralRows, ReaderFailed, Rows, Statement, TxnImages
+from austasync.foreign import statement_write
 from austasync.position import Position
 from conftest import Env
 
@@ -320,3 +321,41 @@ def test_savepoints_and_xa_ids_are_read_in_every_spelling() -> None:
     assert parse("XA COMMIT X'78',X'',1").xid == parse("XA COMMIT 'x'").xid == parse("xa commit 'x', '', 1").xid
     assert parse("XA COMMIT 'x' ONE PHASE").one_phase
     assert parse("XA END X'78',X'',1").verb == "XA END"
+
+
+# --- the target-write watcher judges the target's statements with the same classifier --------------------------
+
+_AT = Position("target-bin.000001", 4)
+
+
+@pytest.mark.parametrize(
+    ("default_db", "statement", "expected"),
+    [
+        ("app", "CREATE VIEW v AS SELECT id FROM t", ("schema", "objects", ("view src.v",))),
+        ("app", "CREATE OR REPLACE DEFINER=`u`@`%` VIEW app.v AS SELECT 1", ("schema", "objects", ("view src.v",))),
+        ("app", "DROP PROCEDURE IF EXISTS p", ("schema", "objects", ("procedure src.p",))),
+        # a view body naming the replicated database, in a database that is not replicated: none of its business
+        ("other", "CREATE VIEW actor_info AS SELECT * FROM app.t", None),
+        ("", "CREATE VIEW other.v AS SELECT * FROM app.t", None),
+        # triggers and events are compared by no verification: only an acknowledgement ends them
+        ("app", "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET @x = 1", ("schema", "ack", ("trigger src.tr",))),
+        ("app", "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO DELETE FROM t", ("schema", "ack", ("event src.e",))),
+        ("app", "CREATE INDEX i ON t (v)", ("ddl", "tables", ("src.t",))),
+        ("app", "ALTER TABLE excl_x ADD COLUMN c INT", None),  # an unselected table
+        ("app", "DROP DATABASE app", ("ddl", "full", ("database src",))),
+        ("app", "UPDATE t SET v = 1", ("statement", "full", ("database src",))),
+        ("other", "UPDATE other.x SET v = 1", None),
+        ("app", "CALL do_things()", ("statement", "full", ("database src",))),  # its writes are not named
+        ("app", "ALTER WIDGET w SET x = 1", ("unparsed", "full", ("src",))),
+        ("app", "GRANT SELECT ON app.* TO 'u'@'%'", None),
+        ("app", "BEGIN", None),
+    ],
+)
+def test_the_watcher_classifies_target_statements_like_the_stream(
+    default_db: str, statement: str, expected: tuple[str, str, tuple[str, ...]] | None
+) -> None:
+    selection = Selection(["app"], lambda db, table: db == "app" and not table.startswith("excl_"))
+    write = statement_write(statement, default_db, selection, {"app": "src"}, _AT)
+    assert (None if write is None else (write.kind, write.scope, write.objects)) == expected
+    if write is not None and write.kind == "schema":
+        assert write.series() == [(obj, 1) for obj in write.objects]  # counted as schema, never as a table

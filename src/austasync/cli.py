@@ -182,7 +182,10 @@ def status(config_path: str, as_json: bool) -> None:
     if doc.get("cutover"):
         click.echo(f"cutover    {doc['cutover'].get('state')} at source {doc['cutover'].get('final_source_position')}")
     if doc.get("foreign_writes"):
-        click.echo(f"FOREIGN WRITES on the target: {doc['foreign_writes']}")
+        click.echo(f"FOREIGN WRITES on the target, open: {doc['foreign_writes']}")
+        for write in doc.get("foreign_writes_open") or []:
+            click.echo(f"  #{write.get('id')} at target {write.get('target_position')}: {write.get('what')}")
+            click.echo(f"      seen {write.get('seen_at')}; ends with {write.get('ends_with')}")
     if doc.get("pending_stop"):
         click.echo(f"STOPPED    {doc['pending_stop'].get('kind')}: {str(doc['pending_stop'].get('message', ''))[:300]}")
     click.echo("tables")
@@ -359,6 +362,60 @@ def reset(config_path: str, yes: bool) -> None:
         click.echo("austasync: reset forgets the copy progress; add --yes to confirm", err=True)
         sys.exit(EXIT_USAGE)
     click.echo(_guard(lambda: reset_state(cfg)))
+
+
+@main.command("foreign-writes")
+@config_option
+@click.option(
+    "--ack",
+    "ack",
+    is_flag=False,
+    flag_value="all",
+    default=None,
+    metavar="[ID|all]",
+    help="Acknowledge one open foreign write (by id) or all of them: the gate stops counting it.",
+)
+@click.option("--by", "by", default=None, help="Who acknowledges (default: the OS user@host).")
+@click.option("--all", "show_all", is_flag=True, help="List the cleared ones too, with who cleared them and how.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def foreign_writes(config_path: str, ack: str | None, by: str | None, show_all: bool, as_json: bool) -> None:
+    """List the writes on the target that austasync did not make, or acknowledge them (--ack).
+
+    Each one stays open, and the gate not ready, until a verification that covers it (started after it) comes out
+    clean or it is acknowledged here. Reads and writes the target's state schema; no daemon needed. Exit 0, 1
+    when open foreign writes remain after this command, 2 usage (an unknown id).
+    """
+    from austasync.foreign import acknowledge, listing  # noqa: PLC0415
+
+    cfg = _load(config_path)
+    if ack is not None and ack != "all" and not ack.isdigit():
+        click.echo(f"austasync: --ack takes an id or 'all', got {ack!r}", err=True)
+        sys.exit(EXIT_USAGE)
+    if ack is not None:
+        acked = _guard(lambda: acknowledge(cfg, ack, by))
+        if ack != "all" and not acked:
+            click.echo(f"austasync: no open foreign write with id {ack}", err=True)
+            sys.exit(EXIT_USAGE)
+    else:
+        acked = []
+    records = _guard(lambda: listing(cfg, cleared=show_all))
+    still_open = [r for r in records if r.cleared_at is None]
+    if as_json:
+        doc = {"acknowledged": [r.as_dict() for r in acked], "foreign_writes": [r.as_dict() for r in records]}
+        click.echo(json.dumps(doc, indent=2, default=str))
+    else:
+        for rec in acked:
+            click.echo(f"acknowledged #{rec.id} ({rec.write.describe()}) by {rec.cleared_by} at {rec.cleared_at}")
+        if not records:
+            click.echo("no open foreign writes" if not show_all else "no foreign writes recorded")
+        for rec in records:
+            state = "OPEN" if rec.cleared_at is None else f"cleared {rec.cleared_at} by {rec.cleared_by}"
+            click.echo(f"#{rec.id:<5} target {rec.write.position}  {state}")
+            click.echo(f"       {rec.write.describe()}; seen {rec.seen_at}")
+            if rec.write.statement:
+                click.echo(f"       statement: {rec.write.statement[:300]}")
+            click.echo(f"       {rec.cleared_how or 'ends with ' + rec.write.ends_with()}")
+    sys.exit(EXIT_FAILURE if still_open else EXIT_OK)
 
 
 @main.command("check-config")

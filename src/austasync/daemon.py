@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import pymysql
 
-from austasync import ddl_resume, objects, preflight, readiness, sdnotify
+from austasync import ddl_resume, foreign, objects, preflight, readiness, sdnotify
 from austasync import log as logmod
 from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
@@ -87,6 +87,7 @@ from austasync.touched import TouchedKeys
 from austasync.verifier import Result
 
 HEALTH_STALL_SECONDS = 30.0
+FOREIGN_REFRESH_SECONDS = 2.0  # how soon an ack or a verification by another process shows in the gate
 _DRAIN_SECONDS = 0.05
 
 
@@ -146,6 +147,12 @@ class Daemon:
         self._read_before: list[dict[str, int]] = []
         self.metrics.bind_events(self._event_outcomes)
         self._ddl_applied: Position | None = None  # a DDL inside a transaction that ran before a restart
+        # foreign writes live in the target's state until a covering verification or an ack ends them
+        self.foreign = foreign.Recorder(
+            lambda: connect(config.target, "target"),
+            foreign.ForeignWriteLog(config.replication.state_schema, config.replication.name),
+        )
+        self._foreign_refreshed = -FOREIGN_REFRESH_SECONDS
 
     def request_stop(self, signum: int | None = None) -> None:
         """Stop at the next clean point. Safe in a signal handler: sets an event and sends one datagram."""
@@ -198,6 +205,7 @@ class Daemon:
         finally:
             self.metrics.lease_held.set(0)
             self._close()
+            self.foreign.close()
             with contextlib.suppress(Exception):  # Redis down at exit: the lease expires by itself
                 self.mirror.release_lease()
 
@@ -279,6 +287,7 @@ class Daemon:
         touched = TouchedKeys()  # the keys written from here on, re-checked between full verifications
         self.scheduler = VerificationScheduler(self.config, self.control, self._verification_done, touched=touched)
         admin, writer = self._fence_target(source)
+        self._refresh_foreign(force=True)  # what earlier runs recorded and nobody cleared still holds the gate
         checkpoint, resumed = self._load_checkpoint(source, admin, writer, tables)
         if resumed:
             tables, fks = self._target_definitions(admin)
@@ -410,16 +419,57 @@ class Daemon:
         self.log.info("watching the target for foreign writes from where the last daemon stopped", at=str(position))
         return position
 
-    def _foreign_write(self, table: str, events: int, position: Position) -> None:
-        """Called from the watcher thread for every transaction on the target that is not austasync's."""
-        self.metrics.foreign_writes.labels(table).inc(events)
-        self.telemetry.foreign_writes += events
+    def _foreign_write(self, write: foreign.ForeignWrite) -> None:
+        """Called from the watcher thread for every write on the target that is not austasync's, before the
+        watcher moves past it: it is recorded in the target first (a failure stops the watcher, so the gate
+        says foreign writes cannot be ruled out), then counted once, whatever restarts read it again."""
+        if not self.foreign.record(write):
+            self.log.info(
+                "foreign write already recorded (the target's binlog was read again)",
+                target_position=str(write.position),
+                what=write.describe(),
+            )
+            return
+        counter = self.metrics.foreign_schema_changes if write.kind == "schema" else self.metrics.foreign_writes
+        for label, count in write.series():
+            counter.labels(label).inc(count)
+        self.scheduler.invalidate(f"a foreign write on the target: {write.describe()}")
+        self._refresh_foreign(force=True)
         self.log.error(
-            "FOREIGN WRITE on the target: something other than austasync changed a replicated table (drift)",
-            table=table,
-            row_events=events,
-            target_position=str(position),
+            "FOREIGN WRITE (schema change) on the target: someone else changed a replicated view, routine, trigger"
+            " or event; verify's schema comparison judges it"
+            if write.kind == "schema"
+            else "FOREIGN WRITE on the target: something other than austasync changed a replicated table (drift)",
+            what=write.describe(),
+            statement=write.statement[:300] or None,
+            target_position=str(write.position),
+            ends_with=write.ends_with(),
         )
+
+    def _refresh_foreign(self, *, force: bool = False) -> None:
+        """Re-read the open foreign writes: a verification or an operator's ack (another process) may have
+        cleared some. A target that cannot be read keeps the last list: the gate stays as it was."""
+        if not force and self.clock() - self._foreign_refreshed < FOREIGN_REFRESH_SECONDS:
+            return
+        self._foreign_refreshed = self.clock()
+        try:
+            self.telemetry.set_open_foreign(self.foreign.open())
+        except pymysql.err.MySQLError as exc:
+            self.log.warning("cannot read the recorded foreign writes from the target", error=str(exc)[:300])
+
+    def _clear_foreign(self, result: Result) -> None:
+        """A verification came out: close the foreign writes it covers, recorded with who and how."""
+        try:
+            cleared = self.foreign.clear_covered(result, f"austasync daemon {holder_name()}")
+        except pymysql.err.MySQLError as exc:
+            self.log.warning("cannot clear foreign writes after a verification", error=str(exc)[:300])
+            return
+        for rec in cleared:
+            self.log.info(
+                "foreign write cleared", id=rec.id, what=rec.write.describe(), how=rec.cleared_how, by=rec.cleared_by
+            )
+        if cleared:
+            self._refresh_foreign(force=True)
 
     def _target_definitions(self, admin: Connection) -> tuple[dict[TableId, Table], list[ForeignKey]]:
         """The selected tables as the target defines them: the schema as of the checkpoint, not the source's now."""
@@ -956,7 +1006,7 @@ class Daemon:
             return
         if request.command == "verify/written":
             if self.telemetry.foreign_writes:
-                self.scheduler.invalidate(f"{self.telemetry.foreign_writes} foreign row events on the target")
+                self.scheduler.invalidate(f"{self.telemetry.foreign_writes} open foreign writes on the target")
             request.answer(200, self.scheduler.written_since_baseline())
             return
         if request.command != "barrier/pause":
@@ -1251,6 +1301,7 @@ class Daemon:
             self.telemetry.refresh_source(source)
             if not self.mirror.renew_lease(self.config.replication.lease_seconds):
                 raise FencedError("lost the migration's lease to another daemon; stopping without writing")
+        self._refresh_foreign()
         if self.telemetry.publish_due():
             self.telemetry.publish()
             self.telemetry.sync_verification()
@@ -1259,6 +1310,7 @@ class Daemon:
     def _verification_done(self, result: Result) -> None:
         """Called from the verifier thread: the verdict goes to Redis now and to the target at the next tick."""
         self.mirror.publish_verification(gate_summary(result, self.telemetry.wall()))
+        self._clear_foreign(result)
         for table in result.tables:
             self.metrics.verify_chunks.labels("mismatch" if table.differences else "match").inc(max(1, table.chunks))
 

@@ -57,7 +57,22 @@ REFERENCE: list[tuple[str, str, str, str]] = [
         "austasync_foreign_writes_total",
         "counter",
         "table",
-        "Row changes on the target made by sessions that are not austasync's (drift by definition).",
+        "Row changes (and table DDL or unclassifiable statements) on the target made by sessions that are not"
+        " austasync's (drift by definition); counted once per target binlog position, across restarts too.",
+    ),
+    (
+        "austasync_foreign_schema_changes_total",
+        "counter",
+        "object",
+        "DDL of views, routines, triggers or events of the replicated databases run on the target by someone"
+        " else: schema drift of that object, judged by verify's schema comparison, not row drift.",
+    ),
+    (
+        "austasync_foreign_writes_open",
+        "gauge",
+        "",
+        "Foreign writes recorded in the target and not yet cleared by a covering clean verification or an"
+        " acknowledgement (`austasync foreign-writes`); the gate is not ready while it is above 0.",
     ),
     (
         "austasync_applied_rows_total",
@@ -134,6 +149,13 @@ class Metrics:
         self.foreign_writes = Counter(
             "austasync_foreign_writes", "Row changes on the target not made by austasync.", ["table"], registry=r
         )
+        self.foreign_schema_changes = Counter(
+            "austasync_foreign_schema_changes",
+            "Schema changes of views, routines, triggers, events on the target not made by austasync.",
+            ["object"],
+            registry=r,
+        )
+        self.foreign_writes_open = Gauge("austasync_foreign_writes_open", "Foreign writes not cleared yet.", registry=r)
         self.applied_rows = Counter(
             "austasync_applied_rows", "Rows applied from the stream.", ["table", "operation"], registry=r
         )

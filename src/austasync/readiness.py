@@ -8,7 +8,8 @@ database credentials) and the daemon's ``/ready`` endpoint always agree. Ready m
 - every table is copied and the phase is ``streaming``;
 - apply lag is at most the limit;
 - the last verification is clean and younger than the limit, and no drift was found since;
-- no foreign write was seen on the target;
+- no foreign write on the target is open (each one recorded in the target's state until a clean verification
+  that covers it, started after it, or an operator's ``austasync foreign-writes --ack`` ends it);
 - no DDL stop or other fatal error is pending.
 """
 
@@ -58,15 +59,7 @@ def evaluate(
     lag_ok = lag is not None and float(lag) <= max_lag_seconds
     checks.append(Check("lag", lag_ok, lag, "" if lag_ok else f"apply lag {lag} s is above {max_lag_seconds:g} s"))
     checks.append(_verify_check(verification, now, max_verify_age_seconds))
-    foreign = int(doc.get("foreign_writes") or 0)
-    watch = doc.get("foreign_write_watch", "ok")
-    if foreign:
-        reason = f"{foreign} foreign writes on the target"
-    elif watch != "ok":
-        reason = f"the target's binlog is not being watched ({watch}): foreign writes cannot be ruled out"
-    else:
-        reason = ""
-    checks.append(Check("no_foreign_writes", not reason, {"count": foreign, "watch": watch}, reason))
+    checks.append(_foreign_check(doc))
     stop = doc.get("pending_stop")
     checks.append(
         Check(
@@ -77,6 +70,24 @@ def evaluate(
         )
     )
     return checks
+
+
+def _foreign_check(doc: dict[str, Any]) -> Check:
+    foreign = int(doc.get("foreign_writes") or 0)
+    listed = [w for w in doc.get("foreign_writes_open") or [] if isinstance(w, dict)]
+    watch = doc.get("foreign_write_watch", "ok")
+    if foreign:
+        each = "; ".join(f"#{w.get('id')} at target {w.get('target_position')}: {w.get('what')}" for w in listed)
+        more = f"; and {foreign - len(listed)} more" if foreign > len(listed) else ""
+        reason = (
+            f"{foreign} open foreign writes on the target ({each}{more}); each ends with a clean verification"
+            " covering it started after it, or `austasync foreign-writes --ack`"
+        )
+    elif watch != "ok":
+        reason = f"the target's binlog is not being watched ({watch}): foreign writes cannot be ruled out"
+    else:
+        reason = ""
+    return Check("no_foreign_writes", not reason, {"count": foreign, "watch": watch, "open": listed}, reason)
 
 
 def _copy_check(doc: dict[str, Any]) -> Check:

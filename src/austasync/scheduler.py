@@ -74,6 +74,7 @@ class VerificationScheduler:
         self.baseline: float | None = None
         # the keys a running pass took: not proven yet, so still part of what a final check must cover
         self._in_flight: Touched | None = None
+        self._invalidated_at = float("-inf")  # when something last wrote past the written-keys set
 
     def start_when_copied(self) -> None:
         if self._thread is None and self.config.verify.interval_seconds > 0:
@@ -135,7 +136,8 @@ class VerificationScheduler:
             self.log.error("scheduled verification failed", error=self.last_error[:500])
             return False
         self.last_error = None
-        self.baseline = fresh if result.consistent else None
+        # a foreign write seen while the pass ran may be behind its snapshots: that pass is no baseline
+        self.baseline = fresh if result.consistent and self._invalidated_at < started else None
         self.on_result(result)
         self.log.info(
             "scheduled verification done",
@@ -151,6 +153,7 @@ class VerificationScheduler:
         if self.baseline is not None:
             self.log.warning("written keys no longer cover the changes; the next full pass is needed", reason=why)
         self.baseline = None
+        self._invalidated_at = self.clock()
 
     def _restore(self, taken: Touched | None) -> None:
         if self.touched is not None and taken is not None:

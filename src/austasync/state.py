@@ -9,6 +9,9 @@ Tables in the state schema (default ``_austasync``), one row per migration name:
 - ``state``: stream position (a transaction boundary, plus the count of rows events already applied of the next
   transaction when a big one was split), P0, phase, pending stop, last verification.
 - ``copy_cursor``: per table, the last key copied, committed inside the chunk's own transaction.
+- ``own_ddl``: DDL austasync ran on the target, by target binlog positions, for the target-write watcher.
+- ``foreign_write``: writes on the target that austasync did not make, open until a covering verification comes
+  out clean or an operator acknowledges them, with who and when (:mod:`austasync.foreign`).
 
 The same schema on both servers also holds ``triggers``, the definitions cutover and rollback saved before
 dropping them there (:mod:`austasync.triggers`).
@@ -70,6 +73,27 @@ _DDL = (
         statement TEXT NOT NULL,
         at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
         KEY (migration, id)
+    ) ENGINE=InnoDB""",
+    # writes on the target that austasync did not make (austasync.foreign), by the target binlog position they
+    # ended at: a watcher reading the same binlog again after a restart finds them recorded already
+    """CREATE TABLE IF NOT EXISTS {s}.foreign_write (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        migration VARCHAR(64) NOT NULL,
+        file VARCHAR(255) NOT NULL,
+        pos BIGINT UNSIGNED NOT NULL,
+        kind VARCHAR(16) NOT NULL,
+        scope VARCHAR(16) NOT NULL,
+        objects TEXT NOT NULL,
+        verb VARCHAR(64) NOT NULL DEFAULT '',
+        statement TEXT NOT NULL,
+        row_events TEXT NOT NULL,
+        detail VARCHAR(1000) NOT NULL DEFAULT '',
+        seen_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        cleared_at TIMESTAMP(6) NULL DEFAULT NULL,
+        cleared_by VARCHAR(255) NULL,
+        cleared_how VARCHAR(1000) NULL,
+        UNIQUE KEY (migration, file, pos),
+        KEY (migration, cleared_at)
     ) ENGINE=InnoDB""",
 )
 

@@ -17,6 +17,7 @@ from austasync.applier import Applier
 from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config
 from austasync.db import Connection, query, variable
+from austasync.foreign import MAX_PUBLISHED, Recorded
 from austasync.metrics import Metrics
 from austasync.mirror import Mirror
 from austasync.position import Position
@@ -59,7 +60,7 @@ class Telemetry:
     last_applied_ts: float | None = None
     pending_since_ts: float | None = None
     pending_stop: dict[str, Any] | None = None
-    foreign_writes: int = 0
+    open_foreign: list[Recorded] = field(default_factory=list)  # recorded in the target, not cleared yet
     generation: int | None = None
     last_publish: float = 0.0
     last_source_refresh: float = 0.0
@@ -70,6 +71,15 @@ class Telemetry:
     http_listen: str | None = None
 
     # --- computed at read time ---------------------------------------------------------------------------------
+
+    @property
+    def foreign_writes(self) -> int:
+        """Foreign writes still open (the gate is not ready while any is)."""
+        return len(self.open_foreign)
+
+    def set_open_foreign(self, records: list[Recorded]) -> None:
+        self.open_foreign = list(records)
+        self.metrics.foreign_writes_open.set(len(records))
 
     def lag_seconds(self) -> float:
         """Age of the oldest source change not committed on the target; 0 when everything read is applied."""
@@ -186,6 +196,8 @@ class Telemetry:
             },
             "throttle": {"active": self.throttle.active, "reason": self.throttle.reason},
             "foreign_writes": self.foreign_writes,
+            # each open one, with what it touched and what ends it (the count above is always complete)
+            "foreign_writes_open": [r.as_dict() for r in self.open_foreign[:MAX_PUBLISHED]],
             "foreign_write_watch": self._watch_state(),
             # where the next daemon's watcher resumes, so writes made while none runs are seen too
             "foreign_write_watch_position": (

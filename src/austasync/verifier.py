@@ -41,6 +41,7 @@ from austasync.config import Config
 from austasync.copier import SnapshotReader
 from austasync.db import (
     Connection,
+    binlog_end_or_none,
     connect,
     query,
     setup_raw_copy_session,
@@ -220,6 +221,12 @@ class Result:
     objects: list[ObjectDifference] = field(default_factory=list)
     #: selected tables that are not replicated and so not verified (``db.table: why``)
     refused: list[str] = field(default_factory=list)
+    #: the target's binlog end when the verification started: foreign writes logged up to here are covered
+    target_start: Position | None = None
+    #: every selected table compared whole and every object's schema: a full pass
+    full: bool = False
+    #: tables compared at some keys only (the written-keys passes), which prove nothing about their other rows
+    keyed: frozenset[str] = frozenset()
 
     @property
     def consistent(self) -> bool:
@@ -764,6 +771,8 @@ def verify(
     keys only (SQL literals of its key columns), each differing one named as in a full pass."""
     started_at, started = datetime.now(UTC), clock()
     with _connections(config) as (source, target):
+        # read before any snapshot opens: a write logged up to here is in both snapshots (austasync.foreign)
+        target_start = binlog_end_or_none(target)
         replicated, refused = discover_tables(source, config)
         tables = select_tables(replicated, only)
         flavor = hash_flavor(source, target)
@@ -784,4 +793,7 @@ def verify(
         flavor=flavor,
         objects=differences,
         refused=refused if only is None else [],
+        target_start=target_start,
+        full=only is None and not keys,
+        keyed=frozenset(keys or ()),
     )

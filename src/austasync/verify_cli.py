@@ -19,6 +19,7 @@ import pymysql
 import redis
 
 from austasync import config as configmod
+from austasync import foreign
 from austasync import log as logmod
 from austasync import repair as repairmod
 from austasync.errors import AustasyncError, ConfigError
@@ -102,6 +103,13 @@ def _human(doc: dict[str, Any]) -> str:
             lines.append(f"      ... {table['differences_total']} differences in all: {table['counts']}")
     lines += [f"  schema: {d['kind']} {d['object']}: {d['difference']}" for d in doc["schema_differences"]]
     lines += [f"  not verified: {why}" for why in doc["not_verified"]]
+    lines += [
+        f"foreign write #{w['id']} cleared: {w['what']} ({w['cleared_how']})" for w in doc["foreign_writes_cleared"]
+    ]
+    lines += [
+        f"foreign write #{w['id']} still OPEN: {w['what']}; ends with {w['ends_with']}"
+        for w in doc["foreign_writes_open"]
+    ]
     if "repair" in doc:
         lines.append(f"repaired: {json.dumps(doc['repair']['tables'])}")
     return "\n".join(lines)
@@ -129,6 +137,7 @@ def _run(config: configmod.Config, only: list[str] | None, as_json: bool, report
     doc = document(result, config.replication.name)
     if repaired is not None:
         doc["repair"] = repaired
+    doc.update(_foreign_writes(config, result))
     if sys.stderr.isatty():
         click.echo("", err=True)
     click.echo(json.dumps(doc, indent=2) if as_json else _human(doc))
@@ -136,6 +145,17 @@ def _run(config: configmod.Config, only: list[str] | None, as_json: bool, report
         where = write_report(doc, report_to, config.replication.name, datetime.now(UTC))
         click.echo(f"report written to {where}", err=True)
     return _exit_code(result)
+
+
+def _foreign_writes(config: configmod.Config, result: Result) -> dict[str, Any]:
+    """Close the foreign writes this verification covers (recorded with who and how in the target's state), and
+    list the ones still open. A target without the state schema has none."""
+    cleared = foreign.clear_verified(config, result)
+    still_open = foreign.listing(config)
+    return {
+        "foreign_writes_cleared": [r.as_dict() for r in cleared],
+        "foreign_writes_open": [r.as_dict() for r in still_open],
+    }
 
 
 def _parse_tables(text: str | None) -> list[str] | None:

@@ -65,6 +65,7 @@ from pymysqlreplication.row_event import (
     TableMapEvent,
 )
 
+from austasync import foreign
 from austasync.binlog import outcomes, statements
 from austasync.binlog.rowcodec import ROWS_EVENTS as _ROWS_EVENTS
 from austasync.binlog.rowcodec import ROWS_V2 as _ROWS_V2
@@ -87,6 +88,7 @@ from austasync.events import (
     Statement,
     UnknownRows,
 )
+from austasync.foreign import ForeignWrite
 from austasync.position import Position
 from austasync.schema import Table, TableId
 
@@ -1223,21 +1225,18 @@ def _translate(exc: BaseException, start: Position) -> BaseException:
 
 # statements on the target that change no replicated object: not foreign writes (trigger and event DDL are:
 # the target must have none before cutover)
-_WATCHER_IGNORES = {
-    "transaction_control", "account_management", "table_maintenance", "server_admin", "temporary_table",
-    "not_replicated",
-}  # fmt: skip
-
 # --- target write watcher ---------------------------------------------------------------------------------------
 
 
 class TargetWriteWatcher:
-    """Reads the *target's* binlog and reports transactions on replicated tables that austasync did not make.
+    """Reads the *target's* binlog and reports what austasync did not write there, as :class:`ForeignWrite`.
 
     Every austasync write transaction also changes a row of its state schema (the checkpoint or a copy cursor,
-    with a fresh ``updated_at``), so a target transaction that changes replicated tables without touching the
-    state schema was made by someone else: drift by definition (DESIGN.md rule 13). DDL on replicated databases
-    counts too, unless austasync itself ran that statement (``on_ddl = "exec"``).
+    with a fresh ``updated_at``), so a target transaction that changes selected tables without touching the
+    state schema was made by someone else: drift by definition (DESIGN.md rule 13). Statements are judged by the
+    stream's own classifier (:func:`austasync.foreign.statement_write`), unless austasync itself ran that
+    statement (``on_ddl = "exec"``, start-up DDL). ``on_foreign`` is called before the watcher moves past what it
+    reports, so a write it saw is recorded before the position it resumes from passes it.
 
     Rows are never decoded, and known table maps are not re-parsed (``freeze_schema``): only schema and table names
     are needed, so the watcher costs little beside the applier.
@@ -1250,7 +1249,7 @@ class TargetWriteWatcher:
         start: Position,
         replicated_dbs: Mapping[str, str],
         state_schema: str,
-        on_foreign: Callable[[str, int, Position], None],
+        on_foreign: Callable[[ForeignWrite], None],
         *,
         heartbeat_seconds: float = 5.0,
         selected: Callable[[str, str], bool] = lambda db, table: True,
@@ -1337,7 +1336,7 @@ class TargetWriteWatcher:
                 schema, table = names.get(low | high << 32, ("", ""))
                 if schema == self.state_schema:
                     marked = True
-                elif schema in self.replicated:
+                elif schema in self.replicated and self._selection.table(schema, table):
                     name = f"{self.replicated[schema]}.{table}"
                     touched[name] = touched.get(name, 0) + 1
             elif etype == _TABLE_MAP:
@@ -1373,24 +1372,19 @@ class TargetWriteWatcher:
                     lib.set_post_header_lengths(event.post_header_len)
 
     def _transaction_end(self, touched: dict[str, int], marked: bool, end: Position) -> None:
+        if touched and not marked:
+            self.on_foreign(foreign.rows_write(end, touched))
         self.position = end
-        if marked:
-            return
-        for table, events in touched.items():
-            self.on_foreign(table, events, self.position)
 
     def _statement(self, text: str, schema: str, end: Position) -> None:
         """A statement on the target, judged as the stream judges the source's: reported unless it provably
-        touches no replicated object or austasync ran it."""
-        if any(first < end and (last is None or end <= last) for first, last in list(self.own_ddl)):
-            return
-        parsed = statements.parse(text)
-        verdict = statements.judge(parsed, schema, self._selection)
-        if verdict.action == "skip" and verdict.rule in _WATCHER_IGNORES:
-            return
-        names = [f"{self.replicated.get(db, db)}.{table}" for db, table in verdict.tables]
-        where = ", ".join(names) if names else self.replicated.get(schema, schema) or "(no database)"
-        self.on_foreign(f"{where} (statement: {parsed.verb})", 1, end)
+        touches no selected object or austasync ran it."""
+        if not any(first < end and (last is None or end <= last) for first, last in list(self.own_ddl)):
+            write = foreign.statement_write(text, schema, self._selection, self.replicated, end)
+            if write is not None:
+                self.on_foreign(write)
+        # the position stays at the last transaction end: a resume re-reads the statement, and the record of a
+        # foreign write is keyed by its position, so it is not counted twice
 
     @property
     def alive(self) -> bool:
