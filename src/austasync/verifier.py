@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pymysql
 
@@ -55,6 +55,8 @@ from austasync.position import Position
 from austasync.schema import Table, discover_tables, parse_foreign_keys
 from austasync.sql import after_key, at_most_key, in_list, qualified, quote_ident, raw_literal
 from austasync.state import TargetState
+
+T = TypeVar("T")
 
 Key = tuple[bytes, ...]
 _log = logmod.get("austasync.verify")
@@ -426,23 +428,22 @@ def schema_differences(source: Connection, target: Connection, table: Table, tar
     out += _index_differences(_indexes(source, table.db, table.name), _indexes(target, target_db, table.name))
     want_fk = _foreign_keys(source, table.db, table.name, table.db)
     have_fk = _foreign_keys(target, target_db, table.name, table.db)
-    out += [f"foreign key {n} is missing on the target" for n in want_fk if n not in have_fk]
-    out += [f"foreign key {n} exists only on the target" for n in have_fk if n not in want_fk]
-    out += [
-        f"foreign key {n} is {have_fk[n]} on the target, {want_fk[n]} on the source"
-        for n in want_fk
-        if n in have_fk and want_fk[n] != have_fk[n]
-    ]
+    out += _named_differences("foreign key", want_fk, have_fk, str)
     return out
 
 
 def _index_differences(
     want: dict[str, tuple[tuple[str, ...], ...]], have: dict[str, tuple[tuple[str, ...], ...]]
 ) -> list[str]:
-    out = [f"index {n} is missing on the target" for n in want if n not in have]
-    out += [f"index {n} exists only on the target" for n in have if n not in want]
+    return _named_differences("index", want, have, _describe_index)
+
+
+def _named_differences(kind: str, want: dict[str, T], have: dict[str, T], describe: Callable[[T], str]) -> list[str]:
+    """Objects of ``kind`` by name: missing on the target, only on the target, or defined differently."""
+    out = [f"{kind} {n} is missing on the target" for n in want if n not in have]
+    out += [f"{kind} {n} exists only on the target" for n in have if n not in want]
     out += [
-        f"index {n} is {_describe_index(have[n])} on the target, {_describe_index(want[n])} on the source"
+        f"{kind} {n} is {describe(have[n])} on the target, {describe(want[n])} on the source"
         for n in want
         if n in have and want[n] != have[n]
     ]
