@@ -30,8 +30,17 @@ def _prepare(env: Env) -> tuple[str, int, int]:
     return file, start, ends[0]
 
 
-def _interrupted_stop(env: Env, file: str, start: int, end: int, target_from: tuple[str, int], thread: int) -> None:
-    """The record an exec leaves when killed before its checkpoint (written as the daemon writes it)."""
+def _interrupted_stop(
+    env: Env,
+    file: str,
+    start: int,
+    end: int,
+    target_from: tuple[str, int] | None,
+    thread: int,
+    own_from: tuple[str, int] | None = None,
+) -> None:
+    """The record an exec leaves when killed before its checkpoint (written as the daemon writes it): without
+    ``target_from`` when killed before the statement was sent."""
     stop = {
         "kind": "ddl_stop",
         "statement": f"ALTER TABLE {env.db}.t ADD COLUMN w INT NOT NULL DEFAULT 7",
@@ -43,9 +52,12 @@ def _interrupted_stop(env: Env, file: str, start: int, end: int, target_from: tu
         "time_zone": None,
         "in_transaction": False,
         "executing": True,
-        "target_from": f"{target_from[0]}:{target_from[1]}",
         "thread": thread,
     }
+    if target_from is not None:
+        stop["target_from"] = f"{target_from[0]}:{target_from[1]}"
+    if own_from is not None:
+        stop["own_from"] = f"{own_from[0]}:{own_from[1]}"
     env.target.execute(
         f"UPDATE {env.state_schema}.state SET pending_stop = '{json.dumps(stop)}' WHERE migration = '{env.name}'"
     )
@@ -97,3 +109,21 @@ def test_an_interrupted_exec_that_cannot_be_told_stays_a_stop_for_the_operator(e
     proc = env.start_daemon()
     assert proc.wait(60) == 10, env.daemon_log()[-3000:]
     assert "cannot read the target's binlog" in env.daemon_log()
+
+
+@pytest.mark.mariadb_only
+def test_an_exec_killed_before_its_statement_was_sent_runs_it_when_the_stream_reads_it_again(env: Env) -> None:
+    """Killed between recording the statement and sending it (while dropping a pre-created table, say): the record
+    has where the exec began but no point the statement started from; the statement cannot have run."""
+    file, start, end = _prepare(env)
+    conn = env.target.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        thread = int(cur.fetchone()[0])
+    conn.close()
+    _interrupted_stop(env, file, start, end, None, thread, own_from=_target_end(env))
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    assert dump(env.source, env.db, "t", "id") == dump(env.target, env.db, "t", "id")
+    assert '"ran_on_target": false' in env.daemon_log()
+    assert "FOREIGN WRITE" not in env.daemon_log()

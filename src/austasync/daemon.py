@@ -914,6 +914,8 @@ class Daemon:
             "in_transaction": event.in_transaction,
             "executing": True,
         }
+        if logged_from is not None:  # what a restart needs to tell what an interrupted execution did (ddl_resume)
+            stop |= {"own_from": str(logged_from), "thread": connection_id(conn)}
         self.state.check_fence(conn)
         self.state.save_stop(conn, stop)
         query(conn, "COMMIT")
@@ -926,10 +928,7 @@ class Daemon:
             # what a restart needs to tell whether an interrupted execution ran (ddl_resume): the statements this
             # connection logs from here on are the DDL's alone
             self.state.check_fence(conn)
-            resume = {"target_from": str(exec_from), "thread": connection_id(conn)}
-            if logged_from is not None:  # the pre-created tables' DROP is austasync's own DDL too
-                resume["own_from"] = str(logged_from)
-            self.state.save_stop(conn, stop | resume)
+            self.state.save_stop(conn, stop | {"target_from": str(exec_from), "thread": connection_id(conn)})
             query(conn, "COMMIT")
         # the statement's default database, when it is a replicated one: another database need not exist on the
         # target, and the statement names its replicated tables qualified then (judge() resolved them so)

@@ -3,17 +3,20 @@ of one whose execution was interrupted (the daemon killed between recording it a
 
 DDL commits implicitly, so ``on_ddl = "exec"`` records the statement as executing before it runs and checkpoints
 past it after. A daemon killed in between used to leave a DDL stop for the operator ("it may or may not have
-run"). The record now also holds the target's binlog end just before the statement and the id of the connection
-that ran it, so the next start can tell: once that connection is gone from the target, a statement it logged after
-that point means the DDL ran (DDL is atomic on MariaDB 10.6+ and MySQL 8.0: logged if and only if it committed);
-none means it did not, and the stream reads it again. Anything it cannot read (the binlog purged, no privilege)
-leaves the stop for the operator, as before.
+run"). The record now also holds the id of the connection that runs it, the target's binlog end when the exec
+began (``own_from``) and, once the tables pre-created at start-up are dropped and the statement is about to be
+sent, the binlog end then (``target_from``). So the next start can tell: once that connection is gone from the
+target, a statement it logged after ``target_from`` means the DDL ran (DDL is atomic on MariaDB 10.6+ and MySQL
+8.0: logged if and only if it committed); none, or no ``target_from`` at all, means it did not, and the stream
+reads it again. What the connection logged from ``own_from`` on is recorded as austasync's own DDL. Anything it
+cannot read (the binlog purged, no privilege) leaves the stop for the operator, as before.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from austasync.binlog.adapter import logged_statements
@@ -47,8 +50,10 @@ def finish(state: TargetState, conn: Connection, stop: dict[str, Any], phase: st
 
 
 def interrupted(stop: dict[str, Any]) -> bool:
-    """A DDL stop left by an ``exec`` that did not get to checkpoint past its statement, recoverable here."""
-    return bool(stop.get("executing")) and "target_from" in stop and "thread" in stop
+    """A DDL stop left by an ``exec`` that did not get to checkpoint past its statement, recoverable here: it
+    names the connection and where the target's binlog stood (``own_from`` from the start, ``target_from`` once
+    the pre-created tables are dropped and the statement is about to run)."""
+    return bool(stop.get("executing")) and "thread" in stop and ("own_from" in stop or "target_from" in stop)
 
 
 def _still_running(admin: Connection, thread: int, log: Any, sleep: Callable[[float], None]) -> bool:
@@ -61,21 +66,34 @@ def _still_running(admin: Connection, thread: int, log: Any, sleep: Callable[[fl
     return False
 
 
-def ran_on_target(
+@dataclass(frozen=True)
+class Outcome:
+    """What the interrupted connection left in the target's binlog: whether the DDL ran, and the end of its own
+    statements there (the DDL, or the DROP of a pre-created table), or None when it logged none."""
+
+    ran: bool
+    own_to: Position | None
+
+
+def outcome(
     config: Config, admin: Connection, stop: dict[str, Any], log: Any, sleep: Callable[[float], None] = time.sleep
-) -> Position | bool | None:
-    """Where the interrupted DDL of ``stop`` ended in the target's binlog if it ran, False if it did not, None when
-    that cannot be told."""
+) -> Outcome | None:
+    """What the interrupted ``exec`` of ``stop`` did on the target; None when that cannot be told."""
     thread = int(stop["thread"])
     if _still_running(admin, thread, log, sleep):
         return None
+    own_from = Position.parse(stop.get("own_from") or stop["target_from"])
     try:
-        logged = logged_statements(config.target, config.replication.server_id, Position.parse(stop["target_from"]))
+        logged = logged_statements(config.target, config.replication.server_id, own_from)
     except Exception as exc:  # noqa: BLE001 (any failure to read leaves the decision to the operator)
         log.warning("cannot read the target's binlog to tell whether the interrupted DDL ran", error=str(exc)[:300])
         return None
     ends = [end for t, text, end in logged if t == thread and not text.lstrip().upper().startswith(_NOT_DDL)]
-    return ends[-1] if ends else False
+    # killed before target_from was recorded: the statement had not been sent (only the DROP of pre-created
+    # tables may have run); after it, a statement of that connection past target_from is the DDL
+    target_from = Position.parse(stop["target_from"]) if "target_from" in stop else None
+    ran = target_from is not None and any(end > target_from for end in ends)
+    return Outcome(ran, ends[-1] if ends else None)
 
 
 def recover(
@@ -89,17 +107,14 @@ def recover(
 ) -> bool:
     """Resolve an interrupted ``exec``: checkpoint past the DDL if it ran, forget the record if it did not (the
     stream reads it again). False when it cannot be told; the stop stays for the operator."""
-    ran = ran_on_target(config, admin, stop, log)
-    if ran is None:
+    found = outcome(config, admin, stop, log)
+    if found is None:
         return False
     state.check_fence(writer)
-    # austasync's own DDL, which the target-write watcher must not report: from before the tables it dropped to
-    # make room (own_from) to the end of the statement, or only to where the statement would have started
-    own_from = Position.parse(stop.get("own_from") or stop["target_from"])
-    own_to = ran if isinstance(ran, Position) else Position.parse(stop["target_from"])
-    if own_to != own_from:
-        state.record_own_ddl(writer, own_from, own_to, stop["statement"])
-    if ran:
+    if found.own_to is not None:  # austasync's own DDL, which the target-write watcher must not report
+        own_from = Position.parse(stop.get("own_from") or stop["target_from"])
+        state.record_own_ddl(writer, own_from, found.own_to, stop["statement"])
+    if found.ran:
         resumes = finish(state, writer, stop, phase)
     else:
         state.save_stop(writer, None)
@@ -108,7 +123,7 @@ def recover(
     log.warning(
         "recovered an interrupted DDL execution",
         statement=str(stop["statement"])[:300],
-        ran_on_target=bool(ran),
+        ran_on_target=found.ran,
         resumes_at=resumes,
     )
     return True
