@@ -367,6 +367,7 @@ def test_refusals_lists_what_run_must_refuse_beyond_its_own_checks(
         ({"listen": "127.0.0.1:9108"}, "pass", "answers on loopback only (127.0.0.1:9108)"),
         ({"listen": "0.0.0.0:9108", "control_token": "t" * 32}, "pass", "the control plane needs a token"),
         ({"listen": "0.0.0.0:9108", "control_token": "short"}, "fail", "shorter than 16 characters"),
+        ({"listen": "0.0.0.0:9108", "control_token": "with a space inside it"}, "fail", "printable ASCII"),
         ({"listen": "0.0.0.0:9108", "control": "disabled"}, "info", "the control plane is disabled"),
         ({"listen": "0.0.0.0:9108", "control_listen": "127.0.0.1:9109"}, "pass", "loopback only (127.0.0.1:9109)"),
     ],
@@ -375,7 +376,7 @@ def test_preflight_checks_who_can_reach_the_control_plane(http: dict[str, str], 
     base = {"source": {}, "target": {}, "redis": {}, "replication": {"databases": ["d"]}}
     check = check_control(configmod.from_mapping({**base, "http": http}))
     assert (check.id, check.status) == ("http.control", status)
-    assert says in check.title
+    assert says in " ".join((check.title, *check.detail))
     if status == "fail":
         assert "control_token_file" in check.fix or "openssl rand" in check.fix
     assert "t" * 32 not in repr(check)

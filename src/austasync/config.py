@@ -211,6 +211,23 @@ def is_loopback_host(host: str) -> bool:
     return address.is_loopback
 
 
+def control_token_problem(token: Secret) -> str | None:
+    """Why ``run`` refuses this control token (too short to resist guessing, or not sendable in an HTTP header as
+    is), or None. Never quotes the token."""
+    value = token.reveal()
+    if len(value) < CONTROL_TOKEN_MIN_CHARS:
+        return (
+            f"http.control_token ({token.source}) is shorter than {CONTROL_TOKEN_MIN_CHARS} characters: make one"
+            " with `openssl rand -hex 32`"
+        )
+    if not (value.isascii() and value.isprintable()) or any(ch.isspace() for ch in value):
+        return (
+            f"http.control_token ({token.source}) must be printable ASCII without spaces (it is sent in an HTTP"
+            " header): make one with `openssl rand -hex 32`"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9108"

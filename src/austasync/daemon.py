@@ -23,7 +23,7 @@ from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
 from austasync.binlog import outcomes, statements
 from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
-from austasync.config import CONTROL_TOKEN_MIN_CHARS, Config, is_loopback_host, split_listen
+from austasync.config import Config, control_token_problem, is_loopback_host, split_listen
 from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
 from austasync.copier import Chunk, ChunkPrefetcher, SnapshotReader
 from austasync.db import (
@@ -244,11 +244,9 @@ class Daemon:
         exposure = http.control_exposure()
         if exposure is not None:
             raise ConfigError(exposure)
-        if http.control_token and len(http.control_token.reveal()) < CONTROL_TOKEN_MIN_CHARS:
-            raise ConfigError(
-                f"http.control_token ({http.control_token.source}) is shorter than {CONTROL_TOKEN_MIN_CHARS}"
-                " characters: make one with `openssl rand -hex 32`"
-            )
+        problem = control_token_problem(http.control_token) if http.control_token else None
+        if problem is not None:
+            raise ConfigError(problem)
         endpoints = Endpoints(
             registry=self.metrics.registry, health=self.health, ready=self.readiness, control=self.control.call
         )

@@ -24,7 +24,7 @@ import pymysql
 import redis
 
 from austasync import objects
-from austasync.config import CONTROL_TOKEN_MIN_CHARS, Config, DatabaseConfig
+from austasync.config import Config, DatabaseConfig, control_token_problem
 from austasync.db import Connection, connect, query, server_flavor, setup_source_session, variable
 from austasync.errors import ConfigError, SetupError, UnavailableError
 from austasync.mirror import Mirror
@@ -846,13 +846,12 @@ def check_control(config: Config) -> Check:
         detail = ("any process on this host can use it; a control_token restricts it further",)
         return Check("http.control", "pass", f"the control plane answers on loopback only ({where})", detail)
     try:
-        short = len(http.control_token.reveal()) < CONTROL_TOKEN_MIN_CHARS
+        problem = control_token_problem(http.control_token)
     except (ConfigError, UnavailableError) as exc:
         return Check("http.control", "fail", "the control token cannot be read", (str(exc),), "fix control_token")
-    if short:
+    if problem is not None:
         fix = "make one with `openssl rand -hex 32`"
-        title = f"the control token is shorter than {CONTROL_TOKEN_MIN_CHARS} characters; run would refuse it"
-        return Check("http.control", "fail", title, (http.control_token.source,), fix)
+        return Check("http.control", "fail", "run would refuse the control token", (problem,), fix)
     return Check(
         "http.control", "pass", f"the control plane needs a token ({where})", (f"from {http.control_token.source}",)
     )
