@@ -108,3 +108,75 @@ def test_table_selection_applies_include_and_exclude(tmp_path: Path) -> None:
     assert cfg.table_selected("austa_portal", "users")
     assert not cfg.table_selected("austa_portal", "telescope_entries")
     assert not cfg.table_selected("other", "users")
+
+
+# --- [http]: who may steer the daemon ---------------------------------------------------------------------------
+
+CONTROL_TOKEN = "ctl-0123456789abcdef-token"
+
+
+def with_http(text: str) -> str:
+    return MINIMAL.replace('listen = "127.0.0.1:9108"', text)
+
+
+def test_the_control_token_takes_every_form_a_password_takes(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(CONTROL_TOKEN + "\n")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "control.token").write_text(CONTROL_TOKEN)
+    forms: list[tuple[str, dict[str, str], str]] = [
+        (f'control_token = "{CONTROL_TOKEN}"', {}, "literal"),
+        ('control_token_file = "token"', {}, f"file {tmp_path / 'token'}"),
+        ('control_token = "credential:control.token"', {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}, "systemd"),
+        ("", {"AUSTASYNC_HTTP_CONTROL_TOKEN": CONTROL_TOKEN}, "literal"),
+        ("", {"AUSTASYNC_HTTP_CONTROL_TOKEN_FILE": str(tmp_path / "token")}, "file"),
+    ]
+    for line, env, source in forms:
+        cfg = configmod.load(write(tmp_path, with_http(f'listen = "0.0.0.0:9108"\n{line}')), env=env)
+        assert cfg.http.control_token.reveal() == CONTROL_TOKEN, line
+        assert cfg.http.control_token.source.startswith(source)
+        assert cfg.http.control_exposure() is None  # a token: a non-loopback listen may serve /control/*
+        for shown in (repr(cfg), str(configmod.describe(cfg)), repr(cfg.http)):
+            assert CONTROL_TOKEN not in shown
+        # rollback and the reverse stream use the reversed configuration: the same control plane
+        assert configmod.reversed_config(cfg).http == cfg.http
+
+
+@pytest.mark.parametrize(
+    ("listen", "exposed"),
+    [
+        ("127.0.0.1:9108", False),
+        ("127.8.9.10:9108", False),
+        ("[::1]:9108", False),
+        ("localhost:9108", False),
+        ("0.0.0.0:9108", True),
+        (":9108", True),
+        ("[::]:9108", True),
+        ("10.0.0.5:9108", True),
+        ("austasync.internal:9108", True),  # a name may resolve anywhere: not trusted as loopback
+    ],
+)
+def test_only_a_loopback_listen_may_serve_control_without_a_token(tmp_path: Path, listen: str, exposed: bool) -> None:
+    cfg = configmod.load(write(tmp_path, with_http(f'listen = "{listen}"')), env={})
+    problem = cfg.http.control_exposure()
+    assert (problem is not None) == exposed
+    if problem:
+        assert "control_token" in problem and 'control = "disabled"' in problem and "control_listen" in problem
+    for fix in ('control = "disabled"', 'control_listen = "127.0.0.1:9109"'):
+        fixed = configmod.load(write(tmp_path, with_http(f'listen = "{listen}"\n{fix}')), env={})
+        assert fixed.http.control_exposure() is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ('control_listen = "0.0.0.0:9109"', "http.control_listen must be a loopback host:port"),
+        ('control_listen = "10.1.2.3:9109"', "http.control_listen must be a loopback host:port"),
+        ('control_listen = "127.0.0.1:9108"', "http.control_listen must differ from http.listen"),
+        ('control = "off"', "http.control must be one of 'enabled', 'disabled'"),
+        (f'control = "disabled"\ncontrol_token = "{CONTROL_TOKEN}"', 'http.control = "disabled" turns /control/*'),
+        (f'control_token = "{CONTROL_TOKEN}"\ncontrol_token_file = "x"', "keep one"),
+    ],
+)
+def test_contradictory_or_unsafe_control_settings_are_errors(tmp_path: Path, lines: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        configmod.load(write(tmp_path, with_http(f'listen = "127.0.0.1:9108"\n{lines}')), env={})

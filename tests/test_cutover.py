@@ -350,13 +350,17 @@ def _first_full_pass(env: Env, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("drift_at_a_written_key", [False, True])
+@pytest.mark.parametrize(("drift_at_a_written_key", "control_token"), [(False, False), (True, False), (False, True)])
 def test_a_cutover_after_a_clean_full_pass_checks_the_keys_written_since(
-    cut: Env, drift_at_a_written_key: bool
+    cut: Env, drift_at_a_written_key: bool, control_token: bool
 ) -> None:
+    """With a control token the written keys are asked for with the config's token (else a full pass runs)."""
     env = cut
     env.extra["verify"] = {"interval_seconds": 3600, "touched_interval_seconds": 0}
     env.extra["http"] = {"listen": f"127.0.0.1:{free_port()}"}
+    if control_token:
+        (env.tmp / "control_token").write_text("cutover-control-token-0123456789\n")
+        env.extra["http"]["control_token_file"] = str(env.tmp / "control_token")
     proc = env.start_daemon()
     env.wait_caught_up(proc=proc)
     _first_full_pass(env, proc)  # the daemon's own full pass: the gate opens, the written keys start afresh

@@ -254,8 +254,14 @@ def test_the_containers_config_loads_and_agrees_with_the_stack(tmp_path: Path) -
     mounted = [v for v in services["austasync"]["volumes"] if v.startswith("./austasync.toml:")]
     config_in_container = mounted[0].split(":")[1]
     assert services["austasync"]["command"] == ["run", "--config", config_in_container]
-    for name in ("source_repl_password", "target_austasync_password"):
+    for name in ("source_repl_password", "target_austasync_password", "austasync_control_token"):
         assert name in services["austasync"]["secrets"]
+        assert name in services["preflight"]["secrets"]  # it loads the same config
+    # 0.0.0.0 for the healthcheck and Prometheus: /control/* needs the token, and run would refuse without one
+    assert not configmod.is_loopback_host(cfg.http.host_port[0])
+    assert cfg.http.control_token.source.startswith("file ")
+    assert configmod.control_token_problem(cfg.http.control_token) is None
+    assert cfg.http.control_exposure() is None
 
 
 def test_the_dockerfile_is_multi_stage_non_root_signal_safe_and_health_checked() -> None:

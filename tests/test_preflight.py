@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from austasync import config as configmod
-from austasync.preflight import Report, refusals, run_preflight
+from austasync.preflight import Report, check_control, refusals, run_preflight
 from conftest import Env
 from servers import MariaDB, free_port
 
@@ -101,6 +101,7 @@ def test_a_correct_set_up_passes_and_shows_no_secret(env: Env) -> None:
         "target.triggers",
         "redis.connect",
         "clock.skew",
+        "http.control",
     ]:
         assert by_id[check_id]["status"] == "pass", by_id[check_id]
     # the session source user lacks REPLICATION MASTER ADMIN, so its replicas cannot be listed
@@ -357,3 +358,25 @@ def test_refusals_lists_what_run_must_refuse_beyond_its_own_checks(
     assert lines[0].startswith("the source compresses its binlog: log_bin_compress=ON: set log_bin_compress=OFF")
     assert lines[1].startswith("replication.server_id 7200 is the source's own server_id")
     assert lines[2].startswith("the target's binlog is off: enable log_bin")
+
+
+@pytest.mark.parametrize(
+    ("http", "status", "says"),
+    [
+        ({"listen": "0.0.0.0:9108"}, "fail", "the control plane is open to the network"),
+        ({"listen": "127.0.0.1:9108"}, "pass", "answers on loopback only (127.0.0.1:9108)"),
+        ({"listen": "0.0.0.0:9108", "control_token": "t" * 32}, "pass", "the control plane needs a token"),
+        ({"listen": "0.0.0.0:9108", "control_token": "short"}, "fail", "shorter than 16 characters"),
+        ({"listen": "0.0.0.0:9108", "control_token": "with a space inside it"}, "fail", "printable ASCII"),
+        ({"listen": "0.0.0.0:9108", "control": "disabled"}, "info", "the control plane is disabled"),
+        ({"listen": "0.0.0.0:9108", "control_listen": "127.0.0.1:9109"}, "pass", "loopback only (127.0.0.1:9109)"),
+    ],
+)
+def test_preflight_checks_who_can_reach_the_control_plane(http: dict[str, str], status: str, says: str) -> None:
+    base = {"source": {}, "target": {}, "redis": {}, "replication": {"databases": ["d"]}}
+    check = check_control(configmod.from_mapping({**base, "http": http}))
+    assert (check.id, check.status) == ("http.control", status)
+    assert says in " ".join((check.title, *check.detail))
+    if status == "fail":
+        assert "control_token_file" in check.fix or "openssl rand" in check.fix
+    assert "t" * 32 not in repr(check)

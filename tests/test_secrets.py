@@ -96,6 +96,16 @@ def test_plain_and_json_secrets_are_read_from_secrets_manager(tmp_path: Path, aw
     assert cfg.source.password.source == f"AWS Secrets Manager secret {structured} (key password)"
 
 
+def test_the_control_token_is_read_from_secrets_manager_like_a_password(tmp_path: Path, aws: dict[str, str]) -> None:
+    client = sm(aws["AWS_ENDPOINT_URL_SECRETS_MANAGER"])
+    name = secret_name()
+    client.create_secret(Name=name, SecretString=json.dumps({"token": "control-token-from-aws-43"}))
+    cfg = load(tmp_path, config_text("pw", extra=f'[http]\ncontrol_token = "aws-sm:{name}#token"\n'), aws)
+    assert cfg.http.control_token.reveal() == "control-token-from-aws-43"
+    assert cfg.http.control_token.source == f"AWS Secrets Manager secret {name} (key token)"
+    assert "control-token-from-aws-43" not in repr(cfg)
+
+
 def test_an_arn_carries_its_own_region_and_the_env_override_takes_references(
     tmp_path: Path, aws: dict[str, str]
 ) -> None:

@@ -7,6 +7,7 @@ migration.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import threading
@@ -186,14 +187,79 @@ class VerifyConfig:
     touched_interval_seconds: float = 300.0
 
 
+ControlMode = Literal["enabled", "disabled"]
+#: a shorter control token is guessable; ``openssl rand -hex 32`` makes a good one
+CONTROL_TOKEN_MIN_CHARS = 16
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 in brackets) into host and port; an empty host means all interfaces."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (an empty host means all interfaces)
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``. Any other name is not trusted to stay on this host (fail closed)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def control_token_problem(token: Secret) -> str | None:
+    """Why ``run`` refuses this control token (too short to resist guessing, or not sendable in an HTTP header as
+    is), or None. Never quotes the token."""
+    value = token.reveal()
+    if len(value) < CONTROL_TOKEN_MIN_CHARS:
+        return (
+            f"http.control_token ({token.source}) is shorter than {CONTROL_TOKEN_MIN_CHARS} characters: make one"
+            " with `openssl rand -hex 32`"
+        )
+    if not (value.isascii() and value.isprintable()) or any(ch.isspace() for ch in value):
+        return (
+            f"http.control_token ({token.source}) must be printable ASCII without spaces (it is sent in an HTTP"
+            " header): make one with `openssl rand -hex 32`"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9108"
+    # required on every /control/* request as "Authorization: Bearer <token>"; without one, /control/* answers
+    # only on a loopback listener (anyone who reaches the port could otherwise pause or rewrite replication)
+    control_token: Secret = field(default_factory=lambda: Secret(""))
+    # "disabled": /control/* answers 403 everywhere; `verify` then compares unaligned and says so
+    control: ControlMode = "enabled"
+    # a loopback host:port of its own for /control/*, so the control plane never shares the scraped port
+    control_listen: str | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (an empty host means all interfaces)
+        return split_listen(self.listen)
+
+    @property
+    def control_host_port(self) -> tuple[str, int] | None:
+        return split_listen(self.control_listen) if self.control_listen else None
+
+    def control_exposure(self) -> str | None:
+        """Why ``run`` must refuse to start: a control plane anyone on the network can steer. None when safe."""
+        if self.control == "disabled" or self.control_token or self.control_listen:
+            return None
+        host = self.host_port[0]
+        if is_loopback_host(host):
+            return None
+        return (
+            f"[http] listen = {self.listen!r} is reachable from other hosts and no [http] control_token is set:"
+            " anyone who reaches the port could pause replication or make the daemon rewrite rows through"
+            " /control/*. Set control_token (or control_token_file; `openssl rand -hex 32`), or move the control"
+            ' plane to a loopback control_listen, or set control = "disabled" (verify then compares unaligned)'
+        )
 
 
 @dataclass(frozen=True)
@@ -335,13 +401,13 @@ def _choice(*allowed: str) -> Callable[[Any, str], Any]:
     return check
 
 
-def _password(section: _Section, base_dir: Path | None) -> Secret:
-    """A password given literally or as a reference (:mod:`austasync.secrets`), in the file, in
-    ``AUSTASYNC_<SECTION>_PASSWORD``, or read from ``password_file``."""
-    literal = section._raw("password")
-    from_file = section._raw("password_file")
+def _password(section: _Section, base_dir: Path | None, key: str = "password") -> Secret:
+    """A password (or another secret: ``key``) given literally or as a reference (:mod:`austasync.secrets`), in
+    the file, in ``AUSTASYNC_<SECTION>_<KEY>``, or read from ``<key>_file``."""
+    literal = section._raw(key)
+    from_file = section._raw(f"{key}_file")
     if literal is not None and from_file is not None:
-        raise ConfigError(f"{section.name}.password and {section.name}.password_file are both set; keep one")
+        raise ConfigError(f"{section.name}.{key} and {section.name}.{key}_file are both set; keep one")
     if from_file is not None:
         path = Path(_str(from_file[0], from_file[1]))
         if base_dir is not None and not path.is_absolute():
@@ -449,7 +515,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             max_lag_seconds=th.get("max_lag_seconds", _float, 30.0),
             check_interval_seconds=th.get("check_interval_seconds", _float, 1.0),
         ),
-        http=HttpConfig(listen=s["http"].get("listen", _listen, "127.0.0.1:9108")),
+        http=_http(s["http"], base_dir),
         verify=VerifyConfig(
             interval_seconds=s["verify"].get("interval_seconds", _float, 6 * 3600.0),
             pace=s["verify"].get("pace", _pace, 0.5),
@@ -464,6 +530,30 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
     for sec in sections.values():
         sec.check_unknown()
     return config
+
+
+def _http(section: _Section, base_dir: Path | None) -> HttpConfig:
+    http = HttpConfig(
+        listen=section.get("listen", _listen, "127.0.0.1:9108"),
+        control_token=_password(section, base_dir, "control_token"),
+        control=section.get("control", _choice("enabled", "disabled"), "enabled"),
+        control_listen=section.get("control_listen", _loopback_listen, None),
+    )
+    if http.control == "disabled" and (http.control_token or http.control_listen):
+        raise ConfigError(
+            'http.control = "disabled" turns /control/* off, yet http.control_token or http.control_listen is set;'
+            " keep one"
+        )
+    if http.control_host_port is not None and http.control_host_port == http.host_port and http.host_port[1]:
+        raise ConfigError("http.control_listen must differ from http.listen (it is a listener of its own)")
+    return http
+
+
+def _loopback_listen(value: Any, where: str) -> str:
+    text = _listen(value, where)
+    if not is_loopback_host(split_listen(text)[0]):
+        raise ConfigError(f"{where} must be a loopback host:port (127.0.0.1, [::1] or localhost), got {text!r}")
+    return text
 
 
 def _listen(value: Any, where: str) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from austasync import log as logmod
 from austasync import readiness
 from austasync.config import Config
 from austasync.db import Connection, connect, query, setup_source_session, setup_target_session, variable
@@ -41,7 +42,7 @@ from austasync.schema import load_tables
 from austasync.sql import qualified
 from austasync.state import TargetState, connection_id
 from austasync.triggers import Moved, Side, TriggerMove, trigger_move
-from austasync.verifier import HttpAligner, NoDaemonAligner, Result, control_url, verify
+from austasync.verifier import NoDaemonAligner, Result, control_disabled, daemon_control, verify
 
 OPEN_TRANSACTIONS_WAIT_SECONDS = 10.0
 
@@ -294,10 +295,15 @@ def final_verification(config: Config, mirror: Mirror, budget_seconds: float) ->
 
 
 def _written_since_baseline(config: Config, mirror: Mirror) -> dict[str, Any] | None:
+    status = mirror.status()
+    if control_disabled(config, status):
+        return None  # its control plane is off: nothing is known about what it wrote
     try:
-        written = HttpAligner(control_url(config, mirror.status())).written()
-    except AustasyncError:
-        return None  # no daemon to ask: nothing is known about what it wrote
+        written = daemon_control(config, status).written()
+    except AustasyncError as exc:
+        # no daemon to ask, or it refused this configuration's token: nothing is known about what it wrote
+        logmod.get("austasync.cutover").warning("the daemon's written keys are unknown; a full pass", error=str(exc))
+        return None
     return written if written.get("baseline") is not None else None
 
 

@@ -23,7 +23,7 @@ from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
 from austasync.binlog import outcomes, statements
 from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
-from austasync.config import Config
+from austasync.config import Config, control_token_problem, is_loopback_host, split_listen
 from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
 from austasync.copier import Chunk, ChunkPrefetcher, SnapshotReader
 from austasync.db import (
@@ -65,7 +65,7 @@ from austasync.events import (
     TxnImages,
     UnknownRows,
 )
-from austasync.httpd import Endpoints, HttpServer
+from austasync.httpd import ControlPolicy, Endpoints, HttpServer
 from austasync.metrics import Metrics
 from austasync.mirror import Mirror
 from austasync.position import Position
@@ -133,6 +133,7 @@ class Daemon:
         self.scheduler = VerificationScheduler(config, self.control, self._verification_done)
         self._saved_verification_at = 0.0
         self.http: HttpServer | None = None
+        self.control_http: HttpServer | None = None  # [http] control_listen
         self._conns: list[Connection] = []
         self.on_ready: Callable[[], None] | None = None
         self.on_tick: Callable[[], None] | None = None
@@ -172,15 +173,16 @@ class Daemon:
 
     def run(self) -> None:
         """Run until stopped; raises a :class:`StopError` subclass when it must stop at a checkpoint."""
-        self._start_http()
         try:
+            self._start_http()  # inside: a second listener failing closes the first
             self._run()
         except AustasyncError as exc:
             self.metrics.errors.labels(exc.kind).inc()
             raise
         finally:
-            if self.http is not None:
-                self.http.stop()
+            for server in (self.http, self.control_http):
+                if server is not None:
+                    server.stop()
 
     def _run(self) -> None:
         self.mirror.ping()
@@ -237,17 +239,45 @@ class Daemon:
         return source, tables, check_foreign_keys(tables, fks)
 
     def _start_http(self) -> None:
-        host, port = self.config.http.host_port
+        """``[http] listen`` (metrics, health, and /control/* unless control_listen has it) and control_listen."""
+        http = self.config.http
+        exposure = http.control_exposure()
+        if exposure is not None:
+            raise ConfigError(exposure)
+        problem = control_token_problem(http.control_token) if http.control_token else None
+        if problem is not None:
+            raise ConfigError(problem)
         endpoints = Endpoints(
             registry=self.metrics.registry, health=self.health, ready=self.readiness, control=self.control.call
         )
-        try:
-            self.http = HttpServer(host, port, endpoints)
-        except OSError as exc:
-            raise ConfigError(f"http.listen {self.config.http.listen}: cannot listen ({exc.strerror})") from None
-        self.http.start()
+        main_policy = ControlPolicy(
+            http.control_token, http.control == "disabled", is_loopback_host(http.host_port[0]), http.control_listen
+        )
+        self.http = self._listen("http.listen", http.listen, endpoints, main_policy)
         self.telemetry.http_listen = "{}:{}".format(*self.http.address)
-        self.log.info("http listening", address=self.telemetry.http_listen)
+        self.telemetry.control_listen = self.telemetry.http_listen
+        if http.control_host_port is not None and http.control_listen is not None:
+            policy = ControlPolicy(http.control_token, loopback=True)  # a loopback address: checked on load
+            self.control_http = self._listen("http.control_listen", http.control_listen, endpoints, policy)
+            self.telemetry.control_listen = "{}:{}".format(*self.control_http.address)
+        self.telemetry.control_auth = (
+            "disabled" if http.control == "disabled" else "token" if http.control_token else "loopback only"
+        )
+        self.log.info(
+            "http listening",
+            address=self.telemetry.http_listen,
+            control=self.telemetry.control_listen if http.control == "enabled" else "disabled",
+            control_auth=self.telemetry.control_auth,
+        )
+
+    def _listen(self, key: str, listen: str, endpoints: Endpoints, policy: ControlPolicy) -> HttpServer:
+        host, port = split_listen(listen)
+        try:
+            server = HttpServer(host, port, endpoints, policy)
+        except OSError as exc:
+            raise ConfigError(f"{key} {listen}: cannot listen ({exc.strerror})") from None
+        server.start()
+        return server
 
     def _acquire_lease(self) -> None:
         def waiting(holder: str) -> None:

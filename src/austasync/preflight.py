@@ -24,7 +24,7 @@ import pymysql
 import redis
 
 from austasync import objects
-from austasync.config import Config, DatabaseConfig
+from austasync.config import Config, DatabaseConfig, control_token_problem
 from austasync.db import Connection, connect, query, server_flavor, setup_source_session, variable
 from austasync.errors import ConfigError, SetupError, UnavailableError
 from austasync.mirror import Mirror
@@ -826,12 +826,44 @@ def check_clocks(hosts: dict[str, Callable[[], float]], clock: Callable[[], floa
     )
 
 
+# --- the control plane -----------------------------------------------------------------------------------------
+
+
+def check_control(config: Config) -> Check:
+    """Who can steer the daemon through ``/control/*`` (the same rule ``run`` refuses to start on)."""
+    http = config.http
+    exposure = http.control_exposure()
+    if exposure is not None:
+        fix = (
+            'set [http] control_token_file (`openssl rand -hex 32`), a loopback control_listen, or control = "disabled"'
+        )
+        return Check("http.control", "fail", "the control plane is open to the network", (exposure,), fix)
+    if http.control == "disabled":
+        detail = ("verify compares unaligned while the daemon runs; verify --repair needs the daemon stopped",)
+        return Check("http.control", "info", "the control plane is disabled", detail)
+    where = http.control_listen or http.listen
+    if not http.control_token:
+        detail = ("any process on this host can use it; a control_token restricts it further",)
+        return Check("http.control", "pass", f"the control plane answers on loopback only ({where})", detail)
+    try:
+        problem = control_token_problem(http.control_token)
+    except (ConfigError, UnavailableError) as exc:
+        return Check("http.control", "fail", "the control token cannot be read", (str(exc),), "fix control_token")
+    if problem is not None:
+        fix = "make one with `openssl rand -hex 32`"
+        return Check("http.control", "fail", "run would refuse the control token", (problem,), fix)
+    return Check(
+        "http.control", "pass", f"the control plane needs a token ({where})", (f"from {http.control_token.source}",)
+    )
+
+
 # --- the whole checklist ----------------------------------------------------------------------------------------
 
 
 def run_preflight(config: Config, *, clock: Callable[[], float] = time.time) -> Report:
     """Every check, in order; never raises for a server problem (it becomes a failed check)."""
     report = Report()
+    report.add(check_control(config))
     with _closing() as conns:
         source = _connect(report, config.source, "source")
         target = _connect(report, config.target, "target")

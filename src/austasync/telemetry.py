@@ -69,6 +69,9 @@ class Telemetry:
     last_verification: dict[str, Any] | None = None
     heads_seen: list[tuple[Position, float]] = field(default_factory=list)
     http_listen: str | None = None
+    # where /control/* answers (http_listen or control_listen) and how it is guarded; never the token
+    control_listen: str | None = None
+    control_auth: str | None = None
 
     # --- computed at read time ---------------------------------------------------------------------------------
 
@@ -208,6 +211,8 @@ class Telemetry:
             "pending_stop": self.pending_stop,
             "holder": holder_name(),
             "http_listen": self.http_listen,
+            "control_listen": self.control_listen,
+            "control_auth": self.control_auth,
             "generation": self.generation,
             "updated_at": self.wall(),
         }

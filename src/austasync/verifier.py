@@ -37,7 +37,7 @@ import pymysql
 
 from austasync import log as logmod
 from austasync import objects, rowhash
-from austasync.config import Config
+from austasync.config import Config, Secret
 from austasync.copier import SnapshotReader
 from austasync.db import (
     Connection,
@@ -103,9 +103,23 @@ class NoDaemonAligner:
         return None
 
 
+def control_disabled(config: Config, status: dict[str, Any] | None) -> bool:
+    """The daemon serves no /control/* (``[http] control = "disabled"`` here, or as it published)."""
+    return config.http.control == "disabled" or (status or {}).get("control_auth") == "disabled"
+
+
+def daemon_control(config: Config, status: dict[str, Any] | None) -> HttpAligner:
+    """The running daemon's control interface, with this configuration's ``[http] control_token``."""
+    return HttpAligner(control_url(config, status), token=config.http.control_token)
+
+
 def control_url(config: Config, status: dict[str, Any] | None) -> str:
-    """The daemon's control address: what it published (``http_listen``), else ``[http] listen``."""
-    listen = str((status or {}).get("http_listen") or config.http.listen)
+    """The daemon's control address: what it published (``control_listen``, else ``http_listen``), else
+    ``[http] control_listen`` or ``[http] listen``."""
+    status = status or {}
+    listen = str(
+        status.get("control_listen") or status.get("http_listen") or config.http.control_listen or config.http.listen
+    )
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     if not port.isdigit() or int(port) == 0:
@@ -126,12 +140,13 @@ class HttpAligner:
     there, still paused; ``POST /control/barrier/release``.
     """
 
-    def __init__(self, base_url: str, timeout_seconds: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout_seconds: float = 30.0, token: Secret | None = None) -> None:
         scheme = urllib.parse.urlsplit(base_url).scheme
         if scheme not in ("http", "https"):
             raise ConfigError(f"daemon control URL must be http(s), got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout_seconds
+        self.token = token if token is not None else Secret("")  # a Secret: never in a repr or a traceback
 
     def pause(self) -> Position | None:
         return Position.parse(str(self._post("barrier/pause", None)["position"]))
@@ -165,14 +180,19 @@ class HttpAligner:
 
     def _post(self, action: str, body: dict[str, Any] | None) -> dict[str, Any]:
         url = f"{self.base_url}/control/{action}"
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token.reveal()}"
         request = urllib.request.Request(  # noqa: S310 (scheme checked in __init__)
-            url, data=json.dumps(body or {}).encode(), method="POST", headers={"Content-Type": "application/json"}
+            url, data=json.dumps(body or {}).encode(), method="POST", headers=headers
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (same)
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
+            if exc.code in (401, 403):
+                raise ConfigError(_refused_hint(action, exc.code, detail, bool(self.token))) from None
             raise UnavailableError(f"the daemon refused {action} ({exc.code}): {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise UnavailableError(f"cannot reach the daemon's control interface at {url}: {exc}") from None
@@ -181,6 +201,17 @@ class HttpAligner:
         except ValueError:
             raise UnavailableError(f"the daemon answered {action} with something that is not JSON") from None
         return doc if isinstance(doc, dict) else {}
+
+
+def _refused_hint(action: str, code: int, detail: str, sent_token: bool) -> str:
+    """What to fix when the daemon refused the control call for who is asking (never the token itself)."""
+    if code == 401 or not sent_token:
+        fix = "set [http] control_token (or control_token_file) in this configuration to the daemon's token"
+    elif "wrong" in detail:
+        fix = "[http] control_token here differs from the daemon's; use the same secret"
+    else:
+        fix = "see the daemon's [http] control settings"
+    return f"the daemon refused {action} ({code}): {detail}; {fix}"
 
 
 # --- results ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,15 @@ from austasync import repair as repairmod
 from austasync.errors import AustasyncError, ConfigError
 from austasync.mirror import Mirror
 from austasync.reports import document, gate_summary, write_report
-from austasync.verifier import Aligner, HttpAligner, NoDaemonAligner, Result, TableResult, control_url
+from austasync.verifier import (
+    Aligner,
+    HttpAligner,
+    NoDaemonAligner,
+    Result,
+    TableResult,
+    control_disabled,
+    daemon_control,
+)
 from austasync.verifier import verify as run_verify
 
 EXIT_CONSISTENT = 0
@@ -53,13 +61,23 @@ def _guarded(func: Callable[[], int]) -> int:
         _fail(f"Redis failed: {type(exc).__name__}", EXIT_INCOMPLETE)
 
 
-def choose_aligner(config: configmod.Config) -> tuple[Aligner, bool]:
-    """The daemon's barrier when a daemon holds the lease, else none (compare as is); and whether one runs."""
+CONTROL_DISABLED_NOTE = (
+    'a daemon is streaming but its control plane is disabled ([http] control = "disabled"): compared as is,'
+    " unaligned; rows written meanwhile may show as differences (verify again, or stop the daemon for a proof)"
+)
+
+
+def choose_aligner(config: configmod.Config) -> tuple[Aligner, bool, str | None]:
+    """The daemon's barrier when a daemon holds the lease, else none (compare as is); whether one runs; and why
+    the comparison is unaligned although one runs (its control plane disabled), if so."""
     mirror = Mirror(config.redis, config.replication.name)
     mirror.ping()
     if mirror.lease_holder() is None:
-        return NoDaemonAligner(), False
-    return HttpAligner(control_url(config, mirror.status())), True
+        return NoDaemonAligner(), False, None
+    status = mirror.status()
+    if control_disabled(config, status):
+        return NoDaemonAligner(), True, CONTROL_DISABLED_NOTE
+    return daemon_control(config, status), True, None
 
 
 def _progress(result: TableResult) -> None:
@@ -84,6 +102,11 @@ def _verify_and_repair(
     before = {str(t.table): len(t.differences) for t in result.tables if t.differences}
     if daemon and isinstance(aligner, HttpAligner):
         repaired = aligner.repair(repairmod.keys_to_wire(result)).get("tables", {})  # at the daemon's barrier
+    elif daemon:
+        raise ConfigError(
+            "--repair with a daemon running goes through its control plane, which is disabled ([http] control ="
+            ' "disabled"); stop the daemon and repair, or enable control with a control_token'
+        )
     else:
         repaired = repairmod.repair(config, result)
     again = run_verify(config, aligner, sorted(repaired), progress)
@@ -92,7 +115,14 @@ def _verify_and_repair(
 
 def _human(doc: dict[str, Any]) -> str:
     verdict = "CONSISTENT" if doc["consistent"] else "NOT CONSISTENT"
-    where = "aligned with the daemon" if doc["aligned"] else "no daemon running: compared as is"
+    if doc["aligned"]:
+        where = "aligned with the daemon"
+    else:
+        where = (
+            "NOT aligned: " + doc["unaligned_reason"]
+            if doc.get("unaligned_reason")
+            else "no daemon running: compared as is"
+        )
     lines = [f"{verdict} at source position {doc['source_position']} ({where}), {doc['duration_seconds']} s"]
     for table in doc["tables"]:
         state = "consistent" if table["consistent"] else table.get("unverified") or "DIFFERENT"
@@ -130,11 +160,15 @@ def _publish(config: configmod.Config, result: Result) -> None:
 
 
 def _run(config: configmod.Config, only: list[str] | None, as_json: bool, report_to: str | None, repair: bool) -> int:
-    aligner, daemon = choose_aligner(config)
+    aligner, daemon, unaligned = choose_aligner(config)
+    if unaligned:
+        click.echo(f"austasync: {unaligned}", err=True)
     result, repaired = _verify_and_repair(config, only, repair, daemon, aligner)
     if only is None:
         _publish(config, result)
     doc = document(result, config.replication.name)
+    if unaligned:
+        doc["unaligned_reason"] = unaligned
     if repaired is not None:
         doc["repair"] = repaired
     doc.update(_foreign_writes(config, result))
