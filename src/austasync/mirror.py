@@ -197,7 +197,7 @@ def connect(cfg: RedisConfig) -> redis.Redis[str]:
 
 def explain(cfg: RedisConfig, exc: BaseException) -> str:
     """What failed, where (host:port, TLS, user) and what to fix; never the password."""
-    text = _safe(exc, cfg)
+    text = _safe(exc, cfg).rstrip(". ")  # redis-py ends some texts with a period; the hint follows
     lowered = text.lower()
     where = cfg.describe()
     if isinstance(exc, redis.AuthenticationError) or "wrongpass" in lowered or "noauth" in lowered:
