@@ -214,14 +214,14 @@ def ready(config_path: str, as_json: bool, max_lag_seconds: float, max_verify_ag
 
     Exit 0 ready, 1 not ready (the reasons, one per line), 3 unknown (the state cannot be read).
     """
-    from austasync.mirror import Mirror  # noqa: PLC0415
+    from austasync.mirror import Mirror, explain  # noqa: PLC0415
 
     cfg = _load(config_path)
     try:
         mirror = Mirror(cfg.redis, cfg.replication.name)
         status_doc, verification, alive = mirror.status(), mirror.verification(), mirror.alive()
     except (redis.RedisError, OSError) as exc:
-        doc = {"ready": None, "error": f"cannot read the state from Redis: {type(exc).__name__}"}
+        doc = {"ready": None, "error": f"cannot read the state from Redis: {explain(cfg.redis, exc)}"}
         click.echo(json.dumps(doc) if as_json else f"unknown: {doc['error']}")
         sys.exit(EXIT_UNAVAILABLE)
     checks = readiness.evaluate(

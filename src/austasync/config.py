@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 from austasync.errors import ConfigError
 from austasync.secrets import FileSource, SecretSource, parse_reference
@@ -122,10 +123,42 @@ class DatabaseConfig:
         return f"{self.user}@{self.host}:{self.port}"
 
 
+RedisTlsVerify = Literal["verify_identity", "verify_ca"]
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 @dataclass(frozen=True)
 class RedisConfig:
+    # rediss://host:port/db is TLS; the password belongs in ``password`` (a secret reference), not in the URL
     url: Secret = field(default_factory=lambda: Secret("redis://127.0.0.1:6379/0"))
     key_prefix: str = "austasync"
+    # an ACL user (AUTH <username> <password>); none: the default user, AUTH <password> when a password is set
+    username: str | None = None
+    password: Secret = field(default_factory=lambda: Secret(""))
+    # rediss:// only: the PEM CA bundle the server's certificate must chain to (none: the system's CAs)
+    tls_ca: str | None = None
+    # "verify_identity": the certificate must also be issued for the URL's host; "verify_ca": any host.
+    # Verification is never off: an unverified TLS connection hands the password to whoever answers
+    tls_verify: RedisTlsVerify = "verify_identity"
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url.reveal()).scheme == "rediss"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (or the socket path) for messages; never the credentials the URL may hold."""
+        parts = urlsplit(self.url.reveal())
+        if parts.scheme == "unix":
+            return parts.path
+        host = parts.hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{parts.port or 6379}"
+
+    def describe(self) -> str:
+        """Where and how austasync reaches Redis, for messages: server, TLS, user; never the password."""
+        tls = f"TLS verified ({self.tls_verify})" if self.tls else "no TLS"
+        return f"Redis {self.address} ({tls}, user {self.username or 'default'})"
 
 
 @dataclass(frozen=True)
@@ -492,10 +525,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
     config = Config(
         source=_database(s["source"], base_dir, 3306),
         target=_database(s["target"], base_dir, 3307),
-        redis=RedisConfig(
-            url=Secret(s["redis"].get("url", _str, "redis://127.0.0.1:6379/0")),
-            key_prefix=s["redis"].get("key_prefix", _ident, "austasync"),
-        ),
+        redis=_redis(s["redis"], base_dir),
         replication=replication,
         copy=CopyConfig(
             chunk_rows=cp.get("chunk_rows", lambda v, w: _int(v, w, 1, 1_000_000), 5000),
@@ -530,6 +560,35 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
     for sec in sections.values():
         sec.check_unknown()
     return config
+
+
+def _redis(section: _Section, base_dir: Path | None) -> RedisConfig:
+    url = section.get("url", _str, "redis://127.0.0.1:6379/0")
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        # never quote the URL: it may hold a password
+        raise ConfigError(
+            f"redis.url must start with redis:// (plain), rediss:// (TLS) or unix://, not {parts.scheme}://"
+        )
+    cfg = RedisConfig(
+        url=Secret(url),
+        key_prefix=section.get("key_prefix", _ident, "austasync"),
+        username=section.get("username", _str, None),
+        password=_password(section, base_dir),
+        tls_ca=_tls_ca(section, base_dir),
+        tls_verify=section.get("tls_verify", _choice("verify_identity", "verify_ca"), "verify_identity"),
+    )
+    if (parts.username or parts.password) and (cfg.username or cfg.password):
+        raise ConfigError(
+            "redis.url holds a user or password and redis.username/redis.password is set too; keep one (the"
+            " password is safer in redis.password, redis.password_file or a credential:/aws-sm: reference)"
+        )
+    if parts.scheme != "rediss" and (cfg.tls_ca or section._raw("tls_verify") is not None):
+        raise ConfigError(
+            f"redis.tls_ca/redis.tls_verify are set but redis.url is {parts.scheme}:// (no TLS); write"
+            " rediss://host:port/db for TLS"
+        )
+    return cfg
 
 
 def _http(section: _Section, base_dir: Path | None) -> HttpConfig:

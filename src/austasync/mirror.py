@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.credentials import CredentialProvider
 
-from austasync.config import RedisConfig
+from austasync.config import RedisConfig, Secret
 from austasync.errors import UnavailableError
 
 _RENEW = """
@@ -42,9 +43,8 @@ class Mirror:
     """Lease and status keys of one migration."""
 
     def __init__(self, cfg: RedisConfig, migration: str, client: redis.Redis[str] | None = None) -> None:
-        self.client: redis.Redis[str] = client or redis.Redis.from_url(
-            cfg.url.reveal(), socket_timeout=5, socket_connect_timeout=5, decode_responses=True
-        )
+        self.cfg = cfg
+        self.client: redis.Redis[str] = client or connect(cfg)
         self.prefix = f"{cfg.key_prefix}:{migration}"
         self.token = f"{uuid.uuid4()}"
         self._last_error_logged = 0.0
@@ -53,10 +53,19 @@ class Mirror:
         return f"{self.prefix}:{name}"
 
     def ping(self) -> None:
+        """Connect and authenticate now, so a wrong password or CA stops start-up with what to fix."""
         try:
             self.client.ping()
+        except redis.AuthenticationError as exc:
+            # a rotated password: fetch it again once (file, systemd credential, AWS) before giving up
+            if not self.cfg.password.refresh():
+                raise UnavailableError(explain(self.cfg, exc)) from None
+            try:
+                self.client.ping()
+            except redis.RedisError as again:
+                raise UnavailableError(explain(self.cfg, again)) from None
         except redis.RedisError as exc:
-            raise UnavailableError(f"Redis is unreachable: {type(exc).__name__}: {_safe(exc)}") from None
+            raise UnavailableError(explain(self.cfg, exc)) from None
 
     def acquire_lease(
         self,
@@ -76,7 +85,7 @@ class Mirror:
                     return True
                 current = self.client.get(self.key("lease"))
             except redis.RedisError as exc:
-                raise UnavailableError(f"Redis is unreachable: {type(exc).__name__}: {_safe(exc)}") from None
+                raise UnavailableError(explain(self.cfg, exc)) from None
             if not wait or should_stop():
                 return False
             if on_wait is not None:
@@ -151,9 +160,74 @@ class Mirror:
         return bool(self.client.exists(self.key("alive")))
 
 
-def _safe(exc: BaseException) -> str:
+class SecretCredentials(CredentialProvider):
+    """The ACL user and the password, revealed for each new connection (so a refreshed password is used next) and
+    kept out of the connection's keyword arguments, which redis-py keeps and a traceback's locals could show."""
+
+    def __init__(self, username: str | None, password: Secret) -> None:
+        self._username = username
+        self._password = password
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        if self._username:
+            return self._username, self._password.reveal()
+        return (self._password.reveal(),)
+
+    def __repr__(self) -> str:
+        return f"SecretCredentials(username={self._username!r}, password={self._password!r})"
+
+
+def connect(cfg: RedisConfig) -> redis.Redis[str]:
+    """A client for ``[redis]``: URL, ACL user and password (a secret), TLS verified against ``tls_ca``.
+
+    Every Redis client austasync makes comes from here, so TLS and credentials apply to the daemon and the CLI alike.
+    """
+    options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5, "decode_responses": True}
+    if cfg.username or cfg.password:
+        options["credential_provider"] = SecretCredentials(cfg.username, cfg.password)
+    if cfg.tls:
+        # verification on, always: redis-py's defaults have changed across versions, so say it
+        options.update(
+            ssl_cert_reqs="required",
+            ssl_check_hostname=cfg.tls_verify == "verify_identity",
+            ssl_ca_certs=cfg.tls_ca,
+        )
+    return redis.Redis.from_url(cfg.url.reveal(), **options)
+
+
+def explain(cfg: RedisConfig, exc: BaseException) -> str:
+    """What failed, where (host:port, TLS, user) and what to fix; never the password."""
+    text = _safe(exc, cfg).rstrip(". ")  # redis-py ends some texts with a period; the hint follows
+    lowered = text.lower()
+    where = cfg.describe()
+    if isinstance(exc, redis.AuthenticationError) or "wrongpass" in lowered or "noauth" in lowered:
+        source = cfg.password.source if cfg.password else "none set"
+        return (
+            f"{where} refused the credentials: {text}; check [redis] username and password (password from"
+            f" {source}) against the server's ACL (ACL LIST) or requirepass"
+        )
+    if "certificate verify failed" in lowered or "hostname mismatch" in lowered or "ip address mismatch" in lowered:
+        return (
+            f"{where}: the server's TLS certificate is not trusted: {text}; set [redis] tls_ca to the PEM bundle of"
+            ' the CA that signed it (or tls_verify = "verify_ca" if it is not issued for this host name)'
+        )
+    if "ssl" in lowered or "tls" in lowered or "wrong version number" in lowered:
+        return f"{where}: the TLS handshake failed: {text}; does the server speak TLS on this port (rediss://)?"
+    if not cfg.tls and any(sign in lowered for sign in ("closed by server", "reset by peer", "timeout")):
+        return (
+            f"{where} is unreachable: {type(exc).__name__}: {text}; if the server accepts only TLS, write"
+            " rediss://host:port/db in [redis] url"
+        )
+    return f"{where} is unreachable: {type(exc).__name__}: {text}"
+
+
+def _safe(exc: BaseException, cfg: RedisConfig | None = None) -> str:
     """An error text without credentials (redis-py may echo the URL)."""
     text = str(exc)
     if "@" in text:
-        return text.split("@", 1)[-1]
+        text = text.split("@", 1)[-1]
+    if cfg is not None and cfg.password:
+        secret = cfg.password.reveal()
+        if secret:
+            text = text.replace(secret, "**********")
     return text

@@ -774,9 +774,17 @@ def check_redis(report: Report, config: Config) -> redis.Redis[str] | None:
     except (UnavailableError, redis.RedisError) as exc:
         report.unreachable.append("redis")
         message = str(exc) if isinstance(exc, UnavailableError) else type(exc).__name__
-        report.add(Check("redis.connect", "fail", "Redis is unreachable", (message,), "check redis.url and Redis"))
+        report.add(
+            Check(
+                "redis.connect",
+                "fail",
+                f"{config.redis.describe()}: cannot connect",
+                (message,),
+                "check [redis] url, username, password and tls_ca, and the server",
+            )
+        )
         return None
-    report.add(Check("redis.connect", "pass", "Redis answers"))
+    report.add(Check("redis.connect", "pass", f"{config.redis.describe()} answers"))
     if holder:
         report.add(
             Check(

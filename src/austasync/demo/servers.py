@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -166,23 +167,29 @@ class MariaDB:
 
 @dataclass
 class Redis:
-    """One ``redis-server`` without persistence, so a restart comes back empty."""
+    """One ``redis-server`` without persistence, so a restart comes back empty.
+
+    ``extra`` adds server arguments (``--requirepass``, ``--user``, ``--tls-cert-file``...). With ``tls`` the port
+    speaks TLS only (``--tls-port``, ``--port 0``); the certificate arguments go in ``extra``.
+    """
 
     base: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
+        ports = ("--port", "0", "--tls-port", str(self.port)) if self.tls else ("--port", str(self.port))
         self.proc = subprocess.Popen(
             [
                 _which("redis-server"),
-                "--port",
-                str(self.port),
+                *ports,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -191,6 +198,9 @@ class Redis:
                 "no",
                 "--dir",
                 str(self.base),
+                "--logfile",
+                str(self.base / "redis.log"),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -198,15 +208,31 @@ class Redis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self._log_tail()}")
+            if self._answers():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s: {self._log_tail()}")
+
+    def _answers(self) -> bool:
+        """PONG, or NOAUTH from a server that wants a password: either way it serves."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                sock: socket.socket = raw
+                if self.tls:
+                    # only a liveness probe: the code under test does the verifying
+                    context = ssl.create_default_context()
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    sock = context.wrap_socket(raw)
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def _log_tail(self) -> str:
+        log = self.base / "redis.log"
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
