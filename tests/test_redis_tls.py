@@ -20,6 +20,7 @@ from austasync import config as configmod
 from austasync.errors import ConfigError, UnavailableError
 from austasync.mirror import Mirror
 from austasync.preflight import Report, check_redis
+from certs import make_certificates
 from conftest import Env, dump
 from servers import MariaDB, Redis, _which, free_port
 
@@ -28,23 +29,10 @@ DEFAULT_PASSWORD = "default-pw-77ab"
 EXIT_UNAVAILABLE = 3
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA."""
-    d = tmp_path_factory.mktemp("redis_tls")
-    for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=austasync test {ca}",
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.pem", cwd=d)  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-             "-out", "server.csr", cwd=d)  # fmt: skip
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d)  # fmt: skip
-    return d
+    return make_certificates(tmp_path_factory.mktemp("redis_tls"))
 
 
 @pytest.fixture(scope="module")

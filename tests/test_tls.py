@@ -3,7 +3,6 @@ connections, with certificates made for the test by the openssl command."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,29 +12,17 @@ import pytest
 from austasync import config as configmod
 from austasync.db import connect, query
 from austasync.errors import UnavailableError
+from certs import make_certificates
 from conftest import Env, dump
 from servers import MariaDB, Redis
 
 EXIT_UNAVAILABLE = 3
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA."""
-    d = tmp_path_factory.mktemp("tls")
-    for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=austasync test {ca}",
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.pem", cwd=d)  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-             "-out", "server.csr", cwd=d)  # fmt: skip
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d)  # fmt: skip
-    return d
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 def _tls_server(base: Path, server_id: int, certs: Path) -> MariaDB:
