@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -260,3 +261,25 @@ def test_redis_settings_are_checked_when_the_configuration_loads(certificates: P
         _config({"url": "rediss://127.0.0.1:1/0", "tls_verify": "none"})
     cfg = _config({"url": "rediss://127.0.0.1:1/0", "tls_ca": ca}, {"AUSTASYNC_REDIS_PASSWORD": "from-env"})
     assert cfg.redis.tls and cfg.redis.password.reveal() == "from-env" and cfg.redis.tls_verify == "verify_identity"
+
+
+@pytest.mark.parametrize("command", [["ddl"], ["reset", "--yes"]])
+def test_a_redis_failure_after_start_up_names_the_server_not_just_the_exception(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """The message names the server and what failed; the CLI's last-resort handler (a Redis error after the first
+    ping) now says the same instead of only the exception's class name."""
+    port = free_port()  # nothing listens there
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[source]\nhost = "127.0.0.1"\nport = 1\nuser = "x"\npassword = "source-pw-1"\n'
+        '[target]\nhost = "127.0.0.1"\nport = 1\nuser = "x"\npassword = "target-pw-2"\n'
+        f'[redis]\nurl = "redis://127.0.0.1:{port}"\n'
+        '[replication]\nserver_id = 9999\ndatabases = ["app"]\nname = "m"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "austasync", *command, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == EXIT_UNAVAILABLE, done.stderr
+    assert f"Redis 127.0.0.1:{port}" in done.stderr and "unreachable" in done.stderr, done.stderr

@@ -27,6 +27,7 @@ from austasync.errors import (
     UnavailableError,
     UncarryableValueError,
 )
+from austasync.mirror import explain
 from austasync.position import Position
 
 EXIT_OK = 0
@@ -66,7 +67,7 @@ def _fail(exc: AustasyncError) -> NoReturn:
     sys.exit(code)
 
 
-def _guard(func: Callable[[], Any]) -> Any:
+def _guard(func: Callable[[], Any], cfg: configmod.Config | None = None) -> Any:
     try:
         return func()
     except AustasyncError as exc:
@@ -75,7 +76,9 @@ def _guard(func: Callable[[], Any]) -> Any:
         # a connection lost mid-run: nothing half-written survives (the open target transaction rolls back)
         _fail(UnavailableError(f"a database connection failed: {exc.args[1] if len(exc.args) > 1 else exc}"))
     except redis.RedisError as exc:
-        _fail(UnavailableError(f"Redis failed: {type(exc).__name__}"))
+        # which server, over what, and what to fix; the password never (mirror.explain masks it)
+        detail = explain(cfg.redis, exc) if cfg is not None else f"Redis failed: {type(exc).__name__}"
+        _fail(UnavailableError(detail))
 
 
 def _load(path: str) -> configmod.Config:
@@ -113,7 +116,7 @@ def run(config_path: str, reverse: bool, from_position: str | None) -> None:
     cfg = _load(config_path)
     logmod.configure(cfg.log)
     if reverse:
-        start = _guard(lambda: _reverse_start(cfg, from_position))
+        start = _guard(lambda: _reverse_start(cfg, from_position), cfg)
         daemon = Daemon(configmod.reversed_config(cfg), start_at=start, assume_copied=True)
     else:
         daemon = Daemon(cfg)
@@ -125,7 +128,7 @@ def run(config_path: str, reverse: bool, from_position: str | None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    _guard(daemon.run)
+    _guard(daemon.run, cfg)
     if daemon.progress is not None:
         daemon.progress.write("\n")
 
@@ -166,7 +169,7 @@ def status(config_path: str, as_json: bool) -> None:
         doc["cutover"] = mirror.cutover()
         return doc
 
-    doc = _guard(read)
+    doc = _guard(read, cfg)
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
@@ -284,7 +287,8 @@ def cutover(
             timeout_seconds=timeout_seconds,
             announce=lambda m: click.echo(m, err=True),
             verify_budget_seconds=verify_budget_seconds,
-        )
+        ),
+        cfg,
     )
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -320,7 +324,8 @@ def rollback(config_path: str, app_users: tuple[str, ...], timeout_seconds: floa
             timeout_seconds=timeout_seconds,
             announce=lambda m: click.echo(m, err=True),
             rollback=True,
-        )
+        ),
+        cfg,
     )
     click.echo(
         json.dumps(result.as_dict(), indent=2)
@@ -342,7 +347,7 @@ def ddl(config_path: str, action: str | None) -> None:
 
     cfg = _load(config_path)
     logmod.configure(cfg.log)
-    message = _guard(lambda: resolve_ddl(cfg, action))
+    message = _guard(lambda: resolve_ddl(cfg, action), cfg)
     click.echo(message)
 
 
@@ -361,7 +366,7 @@ def reset(config_path: str, yes: bool) -> None:
     if not yes:
         click.echo("austasync: reset forgets the copy progress; add --yes to confirm", err=True)
         sys.exit(EXIT_USAGE)
-    click.echo(_guard(lambda: reset_state(cfg)))
+    click.echo(_guard(lambda: reset_state(cfg), cfg))
 
 
 @main.command("foreign-writes")
@@ -392,13 +397,13 @@ def foreign_writes(config_path: str, ack: str | None, by: str | None, show_all: 
         click.echo(f"austasync: --ack takes an id or 'all', got {ack!r}", err=True)
         sys.exit(EXIT_USAGE)
     if ack is not None:
-        acked = _guard(lambda: acknowledge(cfg, ack, by))
+        acked = _guard(lambda: acknowledge(cfg, ack, by), cfg)
         if ack != "all" and not acked:
             click.echo(f"austasync: no open foreign write with id {ack}", err=True)
             sys.exit(EXIT_USAGE)
     else:
         acked = []
-    records = _guard(lambda: listing(cfg, cleared=show_all))
+    records = _guard(lambda: listing(cfg, cleared=show_all), cfg)
     still_open = [r for r in records if r.cleared_at is None]
     if as_json:
         doc = {"acknowledged": [r.as_dict() for r in acked], "foreign_writes": [r.as_dict() for r in records]}

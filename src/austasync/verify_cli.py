@@ -23,7 +23,7 @@ from austasync import foreign
 from austasync import log as logmod
 from austasync import repair as repairmod
 from austasync.errors import AustasyncError, ConfigError
-from austasync.mirror import Mirror
+from austasync.mirror import Mirror, explain
 from austasync.reports import document, gate_summary, write_report
 from austasync.verifier import (
     Aligner,
@@ -47,7 +47,7 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _guarded(func: Callable[[], int]) -> int:
+def _guarded(func: Callable[[], int], config: configmod.Config) -> int:
     try:
         return func()
     except ConfigError as exc:
@@ -58,7 +58,7 @@ def _guarded(func: Callable[[], int]) -> int:
         detail = exc.args[1] if len(exc.args) > 1 else exc
         _fail(f"a database query failed: {detail}", EXIT_INCOMPLETE)
     except redis.RedisError as exc:
-        _fail(f"Redis failed: {type(exc).__name__}", EXIT_INCOMPLETE)
+        _fail(explain(config.redis, exc), EXIT_INCOMPLETE)  # the server, and what to fix; never the password
 
 
 CONTROL_DISABLED_NOTE = (
@@ -156,7 +156,9 @@ def _publish(config: configmod.Config, result: Result) -> None:
     try:
         Mirror(config.redis, config.replication.name).publish_verification(gate_summary(result, time.time()))
     except redis.RedisError as exc:
-        click.echo(f"austasync: could not publish the result to Redis for the gate: {type(exc).__name__}", err=True)
+        click.echo(
+            f"austasync: could not publish the result to Redis for the gate: {explain(config.redis, exc)}", err=True
+        )
 
 
 def _run(config: configmod.Config, only: list[str] | None, as_json: bool, report_to: str | None, repair: bool) -> int:
@@ -222,4 +224,4 @@ def verify(config_path: str, tables: str | None, as_json: bool, report_to: str |
     except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
     logmod.configure(config.log)
-    sys.exit(_guarded(lambda: _run(config, only, as_json, report_to, repair)))
+    sys.exit(_guarded(lambda: _run(config, only, as_json, report_to, repair), config))
