@@ -16,6 +16,7 @@ import redis
 from austasync import __version__, readiness
 from austasync import config as configmod
 from austasync import log as logmod
+from austasync.db import describe_error
 from austasync.errors import (
     AustasyncError,
     BinlogPurgedError,
@@ -74,7 +75,7 @@ def _guard(func: Callable[[], Any], cfg: configmod.Config | None = None) -> Any:
         _fail(exc)
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
         # a connection lost mid-run: nothing half-written survives (the open target transaction rolls back)
-        _fail(UnavailableError(f"a database connection failed: {exc.args[1] if len(exc.args) > 1 else exc}"))
+        _fail(UnavailableError(f"a database connection failed: {describe_error(exc)}"))
     except redis.RedisError as exc:
         # which server, over what, and what to fix; the password never (mirror.explain masks it)
         detail = explain(cfg.redis, exc) if cfg is not None else f"Redis failed: {type(exc).__name__}"

@@ -68,7 +68,7 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
         kwargs["use_unicode"] = False
     kwargs.update(extra)
     try:
-        return DriverConnection(**kwargs)
+        return _located(DriverConnection(**kwargs), f"{role} {cfg.host}:{cfg.port}")
     except pymysql.err.OperationalError as exc:
         denied = bool(exc.args) and exc.args[0] in ACCESS_DENIED
         # a rotated password: fetch it again from its source (file, credential, AWS) and try once more
@@ -78,7 +78,7 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
             ) from None
     kwargs["password"] = cfg.password.reveal()
     try:
-        return DriverConnection(**kwargs)
+        return _located(DriverConnection(**kwargs), f"{role} {cfg.host}:{cfg.port}")
     except pymysql.err.OperationalError as exc:
         raise UnavailableError(
             f"cannot connect to the {role} ({cfg.describe()}) with the password fetched again from"
@@ -105,6 +105,27 @@ class DriverConnection(pymysql.connections.Connection):
 
     _local_name: bytes = b""
     _local_data: bytes | None = None
+    # which server this is in an error: "target 10.0.0.5:3306" (set by :func:`connect`), else host:port
+    where: str = ""
+
+    def _read_packet(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._read_packet(*args, **kwargs)  # type: ignore[no-untyped-call]  # (untyped in the stubs)
+        except pymysql.err.MySQLError as exc:
+            self._locate(exc)
+            raise
+
+    def _execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._execute_command(*args, **kwargs)  # type: ignore[misc]  # (private: not in the stubs)
+        except pymysql.err.MySQLError as exc:
+            self._locate(exc)
+            raise
+
+    def _locate(self, exc: BaseException) -> None:
+        """Note on the driver's error which server it came from, for :func:`describe_error`."""
+        if not getattr(exc, "austasync_where", ""):
+            exc.austasync_where = self.where or f"{self.host}:{self.port}"  # type: ignore[attr-defined]
 
     def connect(self, sock: Any = None) -> None:
         """Connect (or reconnect), then pin the session (:func:`pin_session`) before anything else runs on it."""
@@ -194,6 +215,31 @@ def _preferred_tls_context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _located(conn: DriverConnection, where: str) -> DriverConnection:
+    conn.where = where
+    return conn
+
+
+# driver errors that come without a text, and what they mean
+_SILENT: dict[tuple[str, int | None], str] = {
+    ("InterfaceError", 0): "the connection was already closed (lost earlier, or closed after an error)",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """The driver's error as a sentence that is never empty: code, text (or what a silent one means) and the
+    server it came from (``on target 10.0.0.5:3306``) when the connection noted it."""
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+    code = args[0] if args and isinstance(args[0], int) else None
+    # (code, text) from the server or the driver; a bare text from anything else
+    text = str(args[1]).strip() if len(args) >= 2 else ("" if code is not None else str(exc).strip())
+    if not text:
+        text = _SILENT.get((type(exc).__name__, code), f"{type(exc).__name__} without a message from the driver")
+    head = f"error {code}: {text}" if code else text
+    where = getattr(exc, "austasync_where", "")
+    return f"{head} (on {where})" if where else head
 
 
 def _message(exc: BaseException) -> str:

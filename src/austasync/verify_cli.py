@@ -22,6 +22,7 @@ from austasync import config as configmod
 from austasync import foreign
 from austasync import log as logmod
 from austasync import repair as repairmod
+from austasync.db import describe_error
 from austasync.errors import AustasyncError, ConfigError
 from austasync.mirror import Mirror, explain
 from austasync.reports import document, gate_summary, write_report
@@ -55,8 +56,7 @@ def _guarded(func: Callable[[], int], config: configmod.Config) -> int:
     except AustasyncError as exc:
         _fail(str(exc), EXIT_INCOMPLETE)
     except pymysql.err.MySQLError as exc:
-        detail = exc.args[1] if len(exc.args) > 1 else exc
-        _fail(f"a database query failed: {detail}", EXIT_INCOMPLETE)
+        _fail(f"a database query failed: {describe_error(exc)}", EXIT_INCOMPLETE)
     except redis.RedisError as exc:
         _fail(explain(config.redis, exc), EXIT_INCOMPLETE)  # the server, and what to fix; never the password
 
