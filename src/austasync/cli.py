@@ -181,6 +181,7 @@ def status(config_path: str, as_json: bool) -> None:
     click.echo(f"position   {doc.get('position')}   lag {doc.get('lag_seconds')} s")
     throttle = doc.get("throttle") or {}
     click.echo(f"throttle   {'ON: ' + throttle.get('reason', '') if throttle.get('active') else 'off'}")
+    click.echo(f"source     {_governor_line(throttle)}")
     click.echo(f"holder     {(doc.get('lease') or {}).get('holder', '-')}   generation {doc.get('generation')}")
     click.echo(f"verified   {_verification_line(doc.get('last_verification'))}")
     if doc.get("cutover"):
@@ -196,6 +197,14 @@ def status(config_path: str, as_json: bool) -> None:
     for name, info in sorted((doc.get("tables") or {}).items()):
         mark = "done" if info["done"] else "copying"
         click.echo(f"  {name:<50} {info['rows_copied']:>12} / ~{info['rows_estimated']:<12} {mark}")
+
+
+def _governor_line(throttle: dict[str, Any]) -> str:
+    """The source signals of the last throttle check; '-' where unread (unreadable counts as over budget)."""
+    history = throttle.get("source_history_list_length")
+    probe = throttle.get("source_probe_seconds")
+    probe_text = "-" if probe is None else f"{float(probe) * 1000:.1f} ms"
+    return f"history list {'-' if history is None else int(history)}   probe {probe_text}"
 
 
 def _verification_line(doc: dict[str, Any] | None) -> str:

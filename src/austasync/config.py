@@ -208,6 +208,10 @@ class ThrottleConfig:
     max_threads_running: int = 32
     max_lag_seconds: float = 30.0
     check_interval_seconds: float = 1.0
+    # InnoDB history list length of the source (undo not purged yet); 0 = not watched. Needs PROCESS to read
+    max_history_list_length: int = 1_000_000
+    # latency of the daemon's probe read on the source, in ms; 0 = not probed
+    max_probe_ms: float = 250.0
 
 
 @dataclass(frozen=True)
@@ -544,6 +548,8 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             max_threads_running=th.get("max_threads_running", lambda v, w: _int(v, w, 0), 32),
             max_lag_seconds=th.get("max_lag_seconds", _float, 30.0),
             check_interval_seconds=th.get("check_interval_seconds", _float, 1.0),
+            max_history_list_length=th.get("max_history_list_length", lambda v, w: _int(v, w, 0), 1_000_000),
+            max_probe_ms=th.get("max_probe_ms", _float, 250.0),
         ),
         http=_http(s["http"], base_dir),
         verify=VerifyConfig(

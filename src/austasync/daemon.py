@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import pymysql
 
-from austasync import ddl_resume, foreign, objects, preflight, readiness, sdnotify
+from austasync import ddl_resume, foreign, governor, objects, preflight, readiness, sdnotify
 from austasync import log as logmod
 from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
@@ -36,7 +36,6 @@ from austasync.db import (
     server_flavor,
     setup_source_session,
     setup_target_session,
-    status,
     variable,
 )
 from austasync.ddl_resume import ddl_applied_marker
@@ -1354,19 +1353,20 @@ class Daemon:
         self._saved_verification_at = float(doc.get("finished_at") or 0)
 
     def _check_throttle(self, source: Connection) -> None:
-        limit = self.config.throttle.max_threads_running
-        reason = ""
-        if limit:
-            running = int(status(source, "Threads_running") or 0)
-            if running > limit:
-                reason = f"source Threads_running {running} > {limit}"
+        """Throttle while a source signal is over budget or unreadable (fail closed), or the apply lag is high."""
+        reading = governor.read_source(source, self.config.throttle)
+        reason, signal = reading.reason, reading.signal
         lag = self.telemetry.lag_seconds()
         if not reason and lag > self.config.throttle.max_lag_seconds:
-            reason = f"apply lag {lag:.0f}s > {self.config.throttle.max_lag_seconds:.0f}s"
+            reason, signal = f"apply lag {lag:.0f}s > {self.config.throttle.max_lag_seconds:.0f}s", "lag"
+        self.metrics.history_list.set(reading.history_list_length)
+        self.metrics.probe_seconds.set(reading.probe_seconds)
         throttle = self.telemetry.throttle
+        throttle.history_list_length = reading.history_list_length
+        throttle.probe_seconds = reading.probe_seconds
         if reason != throttle.reason:
             self.log.info("throttle", active=bool(reason), reason=reason)
-            self.metrics.set_throttle(reason)
+            self.metrics.set_throttle(signal)
         throttle.active = bool(reason)
         throttle.reason = reason
 

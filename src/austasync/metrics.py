@@ -9,6 +9,7 @@ The README's metrics reference is checked against :data:`REFERENCE` by a test; a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, disable_created_metrics
@@ -29,7 +30,7 @@ PHASES = [
     "drained",
     "promoted",
 ]
-THROTTLE_REASONS = ["threads_running", "lag", "none"]
+THROTTLE_REASONS = ["threads_running", "history_list", "probe", "lag", "none"]
 
 # name, type, labels, meaning: the README's metrics reference is generated from and tested against this
 REFERENCE: list[tuple[str, str, str, str]] = [
@@ -96,7 +97,21 @@ REFERENCE: list[tuple[str, str, str, str]] = [
         "austasync_throttle_active",
         "gauge",
         "reason",
-        "1 for the reason the copy is throttled now (threads_running, lag), none=1 when not throttled.",
+        "1 for the reason the copy and verification are throttled now (threads_running, history_list, probe, lag),"
+        " none=1 when not throttled; a signal that cannot be read counts as over budget.",
+    ),
+    (
+        "austasync_source_history_list_length",
+        "gauge",
+        "",
+        "InnoDB history list length of the source (trx_rseg_history_len) at the last throttle check; NaN when"
+        " unreadable or not watched.",
+    ),
+    (
+        "austasync_source_probe_seconds",
+        "gauge",
+        "",
+        "Time the daemon's probe read on the source took at the last throttle check; NaN when it failed or is off.",
     ),
     ("austasync_verify_drift_rows", "gauge", "table", "Rows found different by the last verification of the table."),
     (
@@ -179,6 +194,12 @@ class Metrics:
         self.copy_done = Gauge("austasync_copy_done", "Copy complete.", ["table"], registry=r)
         self.copied_rows = Counter("austasync_copied_rows", "Rows written by the bulk copy.", registry=r)
         self.throttle = Gauge("austasync_throttle_active", "Throttle state by reason.", ["reason"], registry=r)
+        self.history_list = Gauge(
+            "austasync_source_history_list_length", "Source InnoDB history list length.", registry=r
+        )
+        self.probe_seconds = Gauge("austasync_source_probe_seconds", "Source probe read latency.", registry=r)
+        self.history_list.set(math.nan)
+        self.probe_seconds.set(math.nan)
         self.drift_rows = Gauge("austasync_verify_drift_rows", "Rows found different.", ["table"], registry=r)
         self.verify_success = Gauge(
             "austasync_verify_last_success_timestamp_seconds", "Last clean verification.", registry=r
@@ -208,11 +229,11 @@ class Metrics:
         self.lag.set_function(lag)
         self.purge_horizon.set_function(horizon)
 
-    def set_throttle(self, reason: str) -> None:
+    def set_throttle(self, signal: str) -> None:
+        """``signal`` is one of :data:`THROTTLE_REASONS` ("" = not throttled)."""
         for name in THROTTLE_REASONS:
             self.throttle.labels(name).set(0)
-        key = "none" if not reason else ("threads_running" if "Threads_running" in reason else "lag")
-        self.throttle.labels(key).set(1)
+        self.throttle.labels(signal or "none").set(1)
 
     def set_copy(self, table: str, copied: int, estimated: int, done: bool) -> None:
         self.copy_rows.labels(table).set(copied)

@@ -564,8 +564,16 @@ def missing_privileges(grants: Sequence[tuple[re.Pattern[str] | None, set[str]]]
     return missing
 
 
-def source_needs(flavor: str, version: tuple[int, ...], databases: Sequence[str]) -> list[Need]:
+def source_needs(
+    flavor: str, version: tuple[int, ...], databases: Sequence[str], watch_history: bool = True
+) -> list[Need]:
     """README's source grants: read-only, never a global setting."""
+    # PROCESS reads INNODB_METRICS (the throttle's history list length); without it the throttle stays active
+    process = [Need("PROCESS", None)] if watch_history else []
+    return process + _source_needs(flavor, version, databases)
+
+
+def _source_needs(flavor: str, version: tuple[int, ...], databases: Sequence[str]) -> list[Need]:
     if flavor == "mariadb":
         needs = [Need("REPLICATION SLAVE", None), Need("BINLOG MONITOR", None)]
         if version >= (10, 5, 9):
@@ -884,7 +892,15 @@ def run_preflight(config: Config, *, clock: Callable[[], float] = time.time) -> 
             report.add(check_partial_json(source))
             report.add(check_retention(source, config))
             report.add(check_server_id(source, config))
-            report.add(check_grants(source, "source", lambda f, v: source_needs(f, v, config.replication.databases)))
+            report.add(
+                check_grants(
+                    source,
+                    "source",
+                    lambda f, v: source_needs(
+                        f, v, config.replication.databases, bool(config.throttle.max_history_list_length)
+                    ),
+                )
+            )
             tables, _ = check_tables(report, source, config)
             report.add(check_objects(source, config))
         if target is not None:

@@ -34,6 +34,8 @@ class Throttle:
     active: bool = False
     reason: str = ""
     checked: float = 0.0
+    history_list_length: float = math.nan  # NaN: unreadable or not watched (see austasync.governor)
+    probe_seconds: float = math.nan
 
 
 @dataclass
@@ -197,7 +199,12 @@ class Telemetry:
                 }
                 for c in self.cursors.values()
             },
-            "throttle": {"active": self.throttle.active, "reason": self.throttle.reason},
+            "throttle": {
+                "active": self.throttle.active,
+                "reason": self.throttle.reason,
+                "source_history_list_length": _reading(self.throttle.history_list_length, 0),
+                "source_probe_seconds": _reading(self.throttle.probe_seconds, 6),
+            },
             "foreign_writes": self.foreign_writes,
             # each open one, with what it touched and what ends it (the count above is always complete)
             "foreign_writes_open": [r.as_dict() for r in self.open_foreign[:MAX_PUBLISHED]],
@@ -275,6 +282,11 @@ class Telemetry:
 def _peek_timestamp(reader: BinlogReader) -> float | None:
     """Timestamp of the oldest event read from the source but not yet taken by the applier."""
     return reader.oldest_waiting_timestamp()
+
+
+def _reading(value: float, digits: int) -> float | None:
+    """A governor reading for JSON: None when it was not read (NaN), so nobody takes it for a value."""
+    return None if not math.isfinite(value) else round(value, digits)
 
 
 def _finite(value: float) -> float | None:

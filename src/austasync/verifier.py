@@ -35,8 +35,8 @@ from typing import Any, Protocol, TypeVar
 
 import pymysql
 
+from austasync import governor, objects, rowhash
 from austasync import log as logmod
-from austasync import objects, rowhash
 from austasync.config import Config, Secret
 from austasync.copier import SnapshotReader
 from austasync.db import (
@@ -47,7 +47,6 @@ from austasync.db import (
     setup_raw_copy_session,
     setup_source_session,
     start_snapshot,
-    status,
 )
 from austasync.errors import ConfigError, UnavailableError
 from austasync.objects import ObjectDifference
@@ -638,7 +637,7 @@ class Comparison:
         if not self.snaps.open_now or self.clock() - self.snaps.opened_at >= self.snaps.budget:
             return True
         interval = self.config.throttle.check_interval_seconds
-        return bool(self.config.throttle.max_threads_running) and self.clock() - self.throttle_checked >= interval
+        return _governed(self.config) and self.clock() - self.throttle_checked >= interval
 
     def _source_chunk(self, table: Table, lower: Key | None) -> tuple[rowhash.ChunkSum, Key | None]:
         """The sums of the next ``chunk_rows`` source rows and the key of the last (None: the rest of the table)."""
@@ -763,15 +762,23 @@ class Comparison:
                 result.differences.extend(Difference(k, again[k]) for k in batch if k in again)
 
     def _throttle(self) -> None:
-        """Wait while the source is busier than ``throttle.max_threads_running`` (DESIGN.md rule 8)."""
-        limit = self.config.throttle.max_threads_running
-        if not limit or self.clock() - self.throttle_checked < self.config.throttle.check_interval_seconds:
+        """Wait while a source signal of ``[throttle]`` is over budget or unreadable (DESIGN.md rule 8, fail
+        closed: see :mod:`austasync.governor`)."""
+        if (
+            not _governed(self.config)
+            or self.clock() - self.throttle_checked < self.config.throttle.check_interval_seconds
+        ):
             return
         self.throttle_checked = self.clock()
-        while int(status(self.throttle_conn, "Threads_running") or 0) > limit:
+        while governor.read_source(self.throttle_conn, self.config.throttle).reason:
             # a snapshot held while waiting would only grow the source's undo history
             self.snaps.close()
             time.sleep(self.config.throttle.check_interval_seconds)
+
+
+def _governed(config: Config) -> bool:
+    throttle = config.throttle
+    return bool(throttle.max_threads_running or throttle.max_history_list_length or throttle.max_probe_ms)
 
 
 @contextlib.contextmanager
