@@ -227,9 +227,10 @@ def test_missing_grants_are_listed_exactly(env: Env) -> None:
             "missing: BINLOG MONITOR ON *.*",
             "missing: SLAVE MONITOR ON *.*",
             f"missing: SHOW VIEW ON `{env.db}`.*",  # views are read to be created on the target
+            "missing: PROCESS ON *.*",  # the throttle reads the history list length (INNODB_METRICS)
         )
         assert source.fix == (
-            f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR ON *.* TO '{src_user}'@'%';"
+            f"GRANT REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR, PROCESS ON *.* TO '{src_user}'@'%';"
             f" GRANT SHOW VIEW ON `{env.db}`.* TO '{src_user}'@'%';"
         )
         target = report.by_id("target.grants")

@@ -570,7 +570,7 @@ def source_needs(
     """README's source grants: read-only, never a global setting."""
     # PROCESS reads INNODB_METRICS (the throttle's history list length); without it the throttle stays active
     process = [Need("PROCESS", None)] if watch_history else []
-    return process + _source_needs(flavor, version, databases)
+    return _source_needs(flavor, version, databases) + process
 
 
 def _source_needs(flavor: str, version: tuple[int, ...], databases: Sequence[str]) -> list[Need]:
