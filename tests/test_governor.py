@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -106,3 +107,38 @@ def test_a_source_user_without_process_keeps_the_throttle_active_naming_the_gran
     assert "history list length unreadable" in reason and "PROCESS" in reason, reason
     assert status["throttle"]["source_history_list_length"] is None
     assert _copied(env) == 0  # fail closed: an unreadable signal is over budget, never fine
+
+
+def test_a_probe_slower_than_the_budget_throttles_and_shows_its_reading(env: Env) -> None:
+    _table(env)
+    # no round trip to a server is faster than a microsecond: the probe is always over this budget
+    env.extra = {"throttle": {"max_probe_ms": 0.001, "max_threads_running": 0}, "copy": {"chunk_rows": 50}}
+    env.start_daemon()
+    time.sleep(4)
+    status = _status(env)
+    assert status["throttle"]["active"] and "source probe" in status["throttle"]["reason"], status["throttle"]
+    assert status["throttle"]["source_probe_seconds"] > 0
+    assert _copied(env) == 0
+    text = env.run_cli("status").stdout
+    assert "throttle   ON: source probe" in text and "probe " in text.split("source     ")[1], text
+
+
+def test_verify_waits_while_a_signal_is_unreadable(env: Env) -> None:
+    _table(env)
+    env.start_daemon()
+    env.wait_caught_up()
+    env.source.execute(
+        "CREATE USER IF NOT EXISTS 'noproc'@'%' IDENTIFIED BY 'noproc-secret-pw'",
+        "GRANT SELECT, SHOW VIEW, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, SLAVE MONITOR,"
+        " BINLOG MONITOR ON *.* TO 'noproc'@'%'",
+    )
+    env.extra = {"source": {"user": "noproc", "password": "noproc-secret-pw"}, "throttle": {"max_threads_running": 0}}
+    try:
+        env.run_cli("verify", "--json", timeout=8)
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else str(exc.stderr or "")
+        assert "verification paused by the throttle" in stderr and "PROCESS" in stderr, stderr
+    else:
+        raise AssertionError("verify finished although the history list length could not be read")
+    env.extra = {"throttle": {"max_threads_running": 0}}
+    assert env.run_cli("verify", "--json", timeout=60).returncode == 0

@@ -770,7 +770,11 @@ class Comparison:
         ):
             return
         self.throttle_checked = self.clock()
-        while governor.read_source(self.throttle_conn, self.config.throttle).reason:
+        said = ""
+        while reason := governor.read_source(self.throttle_conn, self.config.throttle).reason:
+            if reason.split(" ")[:3] != said.split(" ")[:3]:  # once per signal, not once per changing reading
+                _log.warning("verification paused by the throttle", reason=reason)
+                said = reason
             # a snapshot held while waiting would only grow the source's undo history
             self.snaps.close()
             time.sleep(self.config.throttle.check_interval_seconds)
