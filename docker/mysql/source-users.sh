@@ -3,5 +3,5 @@
 repl_password="$(cat /run/secrets/source_repl_password)"
 docker_process_sql <<SQL
 CREATE USER 'repl'@'%' IDENTIFIED BY '${repl_password}';
-GRANT SELECT, SHOW VIEW, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES ON *.* TO 'repl'@'%';
+GRANT SELECT, SHOW VIEW, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, PROCESS ON *.* TO 'repl'@'%';
 SQL

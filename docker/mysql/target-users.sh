@@ -5,5 +5,6 @@ docker_process_sql <<SQL
 CREATE USER 'austasync'@'%' IDENTIFIED BY '${austasync_password}';
 GRANT ALL PRIVILEGES ON austa_portal.* TO 'austasync'@'%';
 GRANT ALL PRIVILEGES ON _austasync.* TO 'austasync'@'%';
-GRANT CONNECTION_ADMIN, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'austasync'@'%';
+GRANT CONNECTION_ADMIN, REPLICATION SLAVE, REPLICATION CLIENT, PROCESS ON *.* TO 'austasync'@'%';
+GRANT SELECT ON mysql.innodb_table_stats TO 'austasync'@'%';
 SQL

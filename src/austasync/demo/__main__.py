@@ -106,13 +106,15 @@ def _users(source: MariaDB, target: MariaDB, base: Path) -> tuple[Path, Path]:
     repl_pw, target_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
     source.execute(
         f"CREATE USER 'repl'@'%' IDENTIFIED BY '{repl_pw}'",
-        "GRANT SELECT, SHOW VIEW, REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR, REPLICATION MASTER ADMIN ON *.* TO 'repl'@'%'",
+        "GRANT SELECT, SHOW VIEW, REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR, REPLICATION MASTER ADMIN, PROCESS"
+        " ON *.* TO 'repl'@'%'",
     )
     target.execute(
         f"CREATE USER 'austasync'@'%' IDENTIFIED BY '{target_pw}'",
         f"GRANT ALL PRIVILEGES ON {portal.DATABASE}.* TO 'austasync'@'%'",
         "GRANT ALL PRIVILEGES ON _austasync.* TO 'austasync'@'%'",
-        "GRANT CONNECTION ADMIN, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'austasync'@'%'",
+        "GRANT CONNECTION ADMIN, REPLICATION SLAVE, BINLOG MONITOR, PROCESS ON *.* TO 'austasync'@'%'",
+        "GRANT SELECT ON mysql.innodb_table_stats TO 'austasync'@'%'",
     )
     paths = []
     for name, value in (("source.password", repl_pw), ("target.password", target_pw)):
