@@ -37,7 +37,7 @@ def big_event_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Maria
     server.start()
     server.execute(
         "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-secret-pw'",
-        "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, SLAVE MONITOR, BINLOG MONITOR"
+        "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, SLAVE MONITOR, BINLOG MONITOR, PROCESS"
         " ON *.* TO 'repl'@'%'",
     )
     yield server

@@ -39,7 +39,7 @@ def _tls_server(base: Path, server_id: int, certs: Path) -> MariaDB:
     server.start()
     server.execute(
         "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-secret-pw'",
-        "GRANT SELECT, SHOW VIEW, REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR ON *.* TO 'repl'@'%'",
+        "GRANT SELECT, SHOW VIEW, REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR, PROCESS ON *.* TO 'repl'@'%'",
         "CREATE USER 'austasync'@'%' IDENTIFIED BY 'target-secret-pw'",
         "GRANT ALL PRIVILEGES ON *.* TO 'austasync'@'%'",
     )

@@ -43,7 +43,7 @@ def tz_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
     server.execute(
         "CREATE USER 'repl'@'%' IDENTIFIED BY 'repl-secret-pw'",
         "GRANT SELECT, RELOAD, REPLICATION SLAVE, REPLICATION CLIENT, LOCK TABLES, SLAVE MONITOR,"
-        " BINLOG MONITOR ON *.* TO 'repl'@'%'",
+        " BINLOG MONITOR, PROCESS ON *.* TO 'repl'@'%'",
     )
     yield server
     server.stop()
