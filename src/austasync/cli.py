@@ -68,7 +68,7 @@ def _fail(exc: AustasyncError) -> NoReturn:
     sys.exit(code)
 
 
-def _guard(func: Callable[[], Any], cfg: configmod.Config | None = None) -> Any:
+def _guard(func: Callable[[], Any], cfg: configmod.Config) -> Any:
     try:
         return func()
     except AustasyncError as exc:
@@ -78,8 +78,7 @@ def _guard(func: Callable[[], Any], cfg: configmod.Config | None = None) -> Any:
         _fail(UnavailableError(f"a database connection failed: {describe_error(exc)}"))
     except redis.RedisError as exc:
         # which server, over what, and what to fix; the password never (mirror.explain masks it)
-        detail = explain(cfg.redis, exc) if cfg is not None else f"Redis failed: {type(exc).__name__}"
-        _fail(UnavailableError(detail))
+        _fail(UnavailableError(explain(cfg.redis, exc)))
 
 
 def _load(path: str) -> configmod.Config:
