@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import pymysql
 
-from austasync import ddl_resume, foreign, governor, objects, preflight, readiness, sdnotify
+from austasync import ddl_resume, foreign, governor, objects, preflight, readiness, sdnotify, startup_schema
 from austasync import log as logmod
 from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
@@ -80,6 +80,7 @@ from austasync.schema import (
     load_tables,
 )
 from austasync.sql import quote_ident
+from austasync.startup_schema import SourceSchema
 from austasync.state import Checkpoint, CopyCursor, TargetState, connection_id, holder_name
 from austasync.telemetry import Telemetry
 from austasync.touched import TouchedKeys
@@ -218,24 +219,13 @@ class Daemon:
         problems = preflight.check_source(source)
         if problems:
             raise SetupError("the source is not set up for row-based replication:\n  " + "\n  ".join(problems))
-        for attempt in range(5):
-            try:
-                tables = load_tables(source, self.config)
-                fks = load_foreign_keys(source, tables)
-                break
-            except (pymysql.err.ProgrammingError, SetupError) as exc:
-                # the catalog is read in several queries: DDL running on the source between them drops a table
-                # listed a moment ago, or shows a new one before its keys; read again before calling it a refusal
-                transient = isinstance(exc, SetupError) or exc.args[0] == 1146
-                if not transient or attempt == 4:
-                    raise
-                time.sleep(0.2)
+        tables, fks = startup_schema.read_tables(source, self.config)
         if not tables:
             raise SetupError(
                 f"no table selected in {', '.join(self.config.replication.databases)} on the source; check"
                 " replication.databases and the include/exclude lists"
             )
-        return source, tables, check_foreign_keys(tables, fks)
+        return source, tables, fks
 
     def _start_http(self) -> None:
         """``[http] listen`` (metrics, health, and /control/* unless control_listen has it) and control_listen."""
@@ -317,9 +307,11 @@ class Daemon:
         self.scheduler = VerificationScheduler(self.config, self.control, self._verification_done, touched=touched)
         admin, writer = self._fence_target(source)
         self._refresh_foreign(force=True)  # what earlier runs recorded and nobody cleared still holds the gate
-        checkpoint, resumed = self._load_checkpoint(source, admin, writer, tables)
+        checkpoint, resumed, fresh = self._load_checkpoint(source, admin, writer, tables)
         if resumed:
             tables, fks = self._target_definitions(admin)
+        elif fresh is not None:
+            tables, fks = fresh.tables, fresh.fks
         _check_binlog_available(source, checkpoint.position)
         for cursor in self.state.cursors(writer):
             if (cursor.db, cursor.table) in tables:
@@ -512,8 +504,10 @@ class Daemon:
 
     def _load_checkpoint(
         self, source: Connection, admin: Connection, writer: Connection, tables: dict[TableId, Table]
-    ) -> tuple[Checkpoint, bool]:
-        """The checkpoint to resume from (created with P0 on a first start) and whether it existed before."""
+    ) -> tuple[Checkpoint, bool, SourceSchema | None]:
+        """The checkpoint to resume from (created with P0 on a first start), whether it existed before, and on a
+        first start from the binlog's end the source's schema as of P0 (on a resume the target's definitions are
+        the schema as of the checkpoint; ``--start-at`` trusts the operator that the schema is that position's)."""
         checkpoint = self.state.load(writer)
         if checkpoint is not None and checkpoint.pending_stop:
             stop = checkpoint.pending_stop
@@ -522,37 +516,16 @@ class Daemon:
                 self.config, self.state, writer, admin, stop, checkpoint.phase, self.log
             ):
                 return self._load_checkpoint(source, admin, writer, tables)
-            if stop.get("kind", "ddl_stop") == "ddl_stop":
-                self.telemetry.pending_stop = stop
-                self.telemetry.set_phase("stopped_ddl")
-                self.telemetry.publish(force=True)
-                raise DdlStop(_ddl_message(stop))
-            if stop.get("kind") == "ddl_applied" and Position.parse(stop["start"]) == checkpoint.position:
-                self._ddl_applied = Position.parse(stop["end"])  # kept until the stream is past its transaction
-            else:
-                # another stop recorded by the previous run (or a DDL marker the stream is past): the operator
-                # restarted on purpose; a real stop recurs
-                self.log.warning("clearing the previous run's stop", stop=stop)
-                self.state.check_fence(writer)
-                self.state.save_stop(writer, None)
-                query(writer, "COMMIT")
-        logged_from = binlog_end_or_none(admin)
-        created, made = 0, list[str]()
-        try:
-            created = ensure_target(source, admin, self.config, tables, compare=checkpoint is None)
-            if created:
-                self.log.info("created target tables", count=created)
-            if checkpoint is None:
-                # once the tables exist; from P0 on, view and routine DDL comes through the stream (on_ddl)
-                objects.create_on_target(admin, self.config, objects.read_definitions(source, self.config), made)
-                if made:
-                    self.log.info("created target views and routines", objects=made)
-        finally:
-            # recorded even when a later object was refused: what was created is austasync's, not a foreign write
-            if created or made:
-                self._record_start_up_ddl(admin, writer, logged_from, f"{created} tables, {len(made)} views/routines")
+            self._previous_stop(checkpoint, writer, stop)
+        fresh = None
+        if checkpoint is None and self.start_at is None:
+            # the definitions the target tables are created from must be those in force at P0 (startup_schema)
+            fresh = startup_schema.read_at_p0(source, self.config, self.selection, self.log)
+            tables = fresh.tables
+        self._create_on_target(source, admin, writer, tables, fresh, first=checkpoint is None)
+        resumed = checkpoint is not None
         if checkpoint is None:
-            p0 = self.start_at or binlog_end(source)
+            p0 = fresh.position if fresh else self.start_at or binlog_end(source)
             self.state.init(writer, p0, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
             if self.assume_copied:
                 self.state.mark_copied(writer)
@@ -560,12 +533,57 @@ class Daemon:
             checkpoint = self.state.load(writer)
             if checkpoint is None:
                 raise UnavailableError("the state row written a moment ago is not in the target; is it read-only?")
-            resumed = False
         else:
             self.state.add_tables(writer, [(t.db, t.name, t.rows_estimate) for t in tables.values()])
-            resumed = True
         self._republish_verification(writer)
-        return checkpoint, resumed
+        return checkpoint, resumed, fresh
+
+    def _previous_stop(self, checkpoint: Checkpoint, writer: Connection, stop: dict[str, Any]) -> None:
+        """Stop again at the previous run's DDL stop, or clear a stop the operator restarted past."""
+        if stop.get("kind", "ddl_stop") == "ddl_stop":
+            self.telemetry.pending_stop = stop
+            self.telemetry.set_phase("stopped_ddl")
+            self.telemetry.publish(force=True)
+            raise DdlStop(_ddl_message(stop))
+        if stop.get("kind") == "ddl_applied" and Position.parse(stop["start"]) == checkpoint.position:
+            self._ddl_applied = Position.parse(stop["end"])  # kept until the stream is past its transaction
+        else:
+            # another stop recorded by the previous run (or a DDL marker the stream is past): the operator
+            # restarted on purpose; a real stop recurs
+            self.log.warning("clearing the previous run's stop", stop=stop)
+            self.state.check_fence(writer)
+            self.state.save_stop(writer, None)
+            query(writer, "COMMIT")
+
+    def _create_on_target(
+        self,
+        source: Connection,
+        admin: Connection,
+        writer: Connection,
+        tables: dict[TableId, Table],
+        fresh: SourceSchema | None,
+        *,
+        first: bool,
+    ) -> None:
+        """The target tables the target lacks (and, on a first start, the views and routines), recorded as
+        austasync's own DDL for the target-write watcher."""
+        logged_from = binlog_end_or_none(admin)
+        created, made = 0, list[str]()
+        try:
+            creates = fresh.creates if fresh else None
+            created = ensure_target(source, admin, self.config, tables, compare=first, creates=creates)
+            if created:
+                self.log.info("created target tables", count=created)
+            if first:
+                # once the tables exist; from P0 on, view and routine DDL comes through the stream (on_ddl)
+                definitions = fresh.definitions if fresh else objects.read_definitions(source, self.config)
+                objects.create_on_target(admin, self.config, definitions, made)
+                if made:
+                    self.log.info("created target views and routines", objects=made)
+        finally:
+            # recorded even when a later object was refused: what was created is austasync's, not a foreign write
+            if created or made:
+                self._record_start_up_ddl(admin, writer, logged_from, f"{created} tables, {len(made)} views/routines")
 
     def _record_start_up_ddl(
         self, admin: Connection, writer: Connection, logged_from: Position | None, what: str

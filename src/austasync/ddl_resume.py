@@ -88,7 +88,7 @@ def outcome(
     except Exception as exc:  # noqa: BLE001 (any failure to read leaves the decision to the operator)
         log.warning("cannot read the target's binlog to tell whether the interrupted DDL ran", error=str(exc)[:300])
         return None
-    ends = [end for t, text, end in logged if t == thread and not text.lstrip().upper().startswith(_NOT_DDL)]
+    ends = [s.end for s in logged if s.thread == thread and not s.text.lstrip().upper().startswith(_NOT_DDL)]
     # killed before target_from was recorded: the statement had not been sent (only the DROP of pre-created
     # tables may have run); after it, a statement of that connection past target_from is the DDL
     target_from = Position.parse(stop["target_from"]) if "target_from" in stop else None

@@ -449,14 +449,21 @@ def _shape(conn: Connection, db: str, table: str) -> list[tuple[str, str, str, s
 
 
 def ensure_target(
-    source: Connection, target: Connection, config: Config, tables: Mapping[TableId, Table], *, compare: bool = True
+    source: Connection,
+    target: Connection,
+    config: Config,
+    tables: Mapping[TableId, Table],
+    *,
+    compare: bool = True,
+    creates: Mapping[TableId, str] | None = None,
 ) -> int:
     """Create missing target databases and tables from the source's definitions; refuse other shapes.
 
     ``compare`` is off once a checkpoint exists: from then on the target's definitions are the stream's truth
     and the source's may legitimately be ahead of it. Returns the number of tables created. Triggers are not
     copied (DESIGN.md rule 6; :mod:`austasync.triggers` moves them at cutover) and target tables that have
-    triggers are refused.
+    triggers are refused. ``creates`` holds ``SHOW CREATE TABLE`` texts read earlier (those of P0, read by
+    :mod:`austasync.startup_schema`); tables it lacks are read from the source now.
     """
     created = 0
     mismatches: list[str] = []
@@ -477,11 +484,8 @@ def ensure_target(
         tdb = config.replication.target_db(table.db)
         existing = _shape(target, tdb, table.name)
         if not existing:
-            try:
-                ddl = str(query(source, f"SHOW CREATE TABLE {qualified(table.db, table.name)}")[0][1])
-            except pymysql.err.ProgrammingError as exc:
-                if exc.args[0] != 1146:
-                    raise
+            ddl = (creates or {}).get(table.id) or _show_create(source, table)
+            if ddl is None:
                 continue  # dropped on the source since it was listed: the stream says what becomes of it
 
             query(target, f"USE {quote_ident(tdb)}")
@@ -506,6 +510,15 @@ def ensure_target(
             " lost them): " + ", ".join(triggers)
         )
     return created
+
+
+def _show_create(source: Connection, table: Table) -> str | None:
+    try:
+        return str(query(source, f"SHOW CREATE TABLE {qualified(table.db, table.name)}")[0][1])
+    except pymysql.err.ProgrammingError as exc:
+        if exc.args[0] != 1146:
+            raise
+        return None
 
 
 def _describe_diff(wanted: list[tuple[str, str, str, str]], existing: list[tuple[str, str, str, str]]) -> str:

@@ -29,6 +29,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -441,11 +442,25 @@ def _connection_settings(db: DatabaseConfig, read_timeout: float) -> dict[str, A
     }
 
 
-def logged_statements(server: DatabaseConfig, server_id: int, start: Position) -> list[tuple[int, str, Position]]:
-    """(connection id, text, end) of every statement ``server`` logged as text from ``start`` to its binlog's end.
+@dataclass(frozen=True, slots=True)
+class LoggedStatement:
+    """A statement a server logged as text: the session that ran it (the Query event's thread id), its default
+    database, its ``sql_mode`` bits and where its event ends."""
 
-    The id is the session that ran it (the Query event's thread id): how a restart tells whether a DDL of its own,
-    interrupted by a kill, ran (:mod:`austasync.ddl_resume`).
+    thread: int
+    text: str
+    schema: str
+    sql_mode: int | None
+    end: Position
+
+
+def logged_statements(
+    server: DatabaseConfig, server_id: int, start: Position, until: Position | None = None
+) -> list[LoggedStatement]:
+    """Every statement ``server`` logged as text from ``start`` to its binlog's end (or to ``until``).
+
+    How a restart tells whether a DDL of its own, interrupted by a kill, ran (:mod:`austasync.ddl_resume`), and
+    whether DDL ran on the source while the start-up read its schema (the thread id tells the sessions apart).
     """
     stream = BinLogStreamReader(
         connection_settings=_connection_settings(server, 30.0),
@@ -460,11 +475,17 @@ def logged_statements(server: DatabaseConfig, server_id: int, start: Position) -
         enable_logging=False,
         pymysql_wrapper=DriverConnection,
     )
+    found: list[LoggedStatement] = []
     try:
-        return [
-            (int(event.slave_proxy_id), str(event.query), Position(stream.log_file, int(event.packet.log_pos)))
-            for event in stream
-        ]
+        for event in stream:
+            end = Position(stream.log_file, int(event.packet.log_pos))
+            if until is not None and end > until:
+                break
+            schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else str(event.schema)
+            found.append(
+                LoggedStatement(int(event.slave_proxy_id), str(event.query), schema, getattr(event, "sql_mode", None), end)
+            )
+        return found
     finally:
         stream.close()
 
