@@ -4,6 +4,7 @@ outside the repository. Fast: no servers, only the files of this checkout.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,10 +42,9 @@ def _files(*tops: str) -> Iterator[Path]:
         if path.is_file():
             yield path
             continue
-        for found in sorted(path.rglob("*")):
-            parts = set(found.relative_to(ROOT).parts)
-            if found.is_file() and not parts & _SKIP_DIRS and not any(p.endswith(".egg-info") for p in parts):
-                yield found
+        for parent, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
+            yield from (Path(parent) / name for name in sorted(names))
 
 
 def _text(path: Path) -> str | None:
