@@ -1,4 +1,4 @@
-"""`austasync verify` on real servers: every pitfall of DESIGN.md named by table, key and kind.
+"""`austasync verify` on real servers: every pitfall of docs/DESIGN.md#verify-pitfalls, by table, key and kind.
 
 One daemon copies every table of the module once and is stopped (SIGTERM); each test then changes one table
 on the target behind its back and verifies that table alone, so a difference elsewhere can never make a test

@@ -3,11 +3,11 @@
 A batch takes whole source transactions and keeps, per key, the net effect: the last after-image or a delete.
 It is written per table as ``DELETE ... WHERE key IN (touched keys)`` then one multi-row ``INSERT`` of the final
 images, never REPLACE or ON DUPLICATE KEY UPDATE, which act on *any* unique key and silently overwrite another
-row (DESIGN.md rule 3). The batch, its cascade steps and the new checkpoint commit in one target transaction, so
-nothing is ever applied twice. A duplicate-key error is drift and stops the daemon.
+row (docs/DESIGN.md#rule-net-images). The batch, its cascade steps and the new checkpoint commit in one target
+transaction, so nothing is ever applied twice. A duplicate-key error is drift and stops the daemon.
 
-Foreign-key cascades are not in the binlog (rule 5): before a row event that deletes a parent or changes a
-referenced column, the images so far are flushed into the open transaction and :mod:`austasync.cascade`
+Foreign-key cascades are not in the binlog (docs/DESIGN.md#rule-cascades): before a row event that deletes a parent
+or changes a referenced column, the images so far are flushed into the open transaction and :mod:`austasync.cascade`
 reproduces the CASCADE / SET NULL effects as InnoDB ran them.
 """
 
@@ -244,7 +244,7 @@ class Applier:
     def rows(self, event: Rows) -> None:
         self.txn_seq = event.seq
         if self.resume_skip and event.seq <= self.resume_skip:
-            return  # applied before the restart that split this transaction (rule 1)
+            return  # applied before the restart that split this transaction (docs/DESIGN.md#rule-checkpoint)
         plan = self.plans[(event.db, event.table)]
         if self.stats.oldest_timestamp is None:
             self.stats.oldest_timestamp = event.timestamp
@@ -279,7 +279,7 @@ class Applier:
         db, table, kind, rows, seq, timestamp = event
         self.txn_seq = seq
         if self.resume_skip and seq <= self.resume_skip:
-            return  # applied before the restart that split this transaction (rule 1)
+            return  # applied before the restart that split this transaction (docs/DESIGN.md#rule-checkpoint)
         tid = (db, table)
         images = self.literal_images.get(tid)
         if images is None:
@@ -477,7 +477,8 @@ class Applier:
         """The checkpoint a commit now records: a boundary, and how many rows events of the next transaction."""
         if self.in_txn:
             # a big source transaction split across target transactions: resume skips what is applied, and
-            # while a resume is still re-reading the applied prefix, never less than that prefix (rule 1)
+            # while a resume is still re-reading the applied prefix, never less than that prefix
+            # (docs/DESIGN.md#rule-checkpoint)
             return self.txn_start, max(self.txn_seq, self.resume_skip)
         if self.resume_skip:
             # resumed inside a split transaction whose first event has not arrived yet: nothing moved
@@ -559,7 +560,7 @@ class Applier:
             self.images = {}
             self.literal_images = {}
 
-    # --- bulk copy chunks (rule 7) ----------------------------------------------------------------------------
+    # --- bulk copy chunks, docs/DESIGN.md#rule-copy-barrier ---------------------------------------------------
 
     def write_chunk(
         self,
@@ -659,7 +660,7 @@ class Applier:
                 f"{plan.table}: LOAD DATA loaded {loaded} of {rows} rows with {warnings} warnings", plan.table.id
             )
 
-    # --- foreign-key cascades (rule 5): cascade.py -------------------------------------------------------------
+    # --- foreign-key cascades, docs/DESIGN.md#rule-cascades: cascade.py ----------------------------------------
 
     def _needs_cascade(self, plan: _TablePlan, event: Rows) -> bool:
         if event.kind == "delete":

@@ -1,4 +1,5 @@
-"""Foreign-key cascades reproduced on the target the way InnoDB ran them on the source (DESIGN.md rule 5).
+"""Foreign-key cascades reproduced on the target the way InnoDB ran them on the source
+(docs/DESIGN.md#rule-cascades).
 
 The binlog holds only the row a statement changed, never the rows InnoDB's ``ON DELETE CASCADE``, ``SET NULL``
 or ``ON UPDATE CASCADE`` changed after it, and the target's writer runs with ``foreign_key_checks = 0``. So the

@@ -1,7 +1,7 @@
 """Bulk copy: key-ordered chunks read in a consistent snapshot whose binlog position is known exactly.
 
-The daemon runs the applier to exactly that position before the chunks are written (DESIGN.md rule 7), so the
-target's copied ranges always equal the source at the stream's position.
+The daemon runs the applier to exactly that position before the chunks are written, so the target's copied
+ranges always equal the source at the stream's position (docs/DESIGN.md#rule-copy-barrier).
 
 - MariaDB: ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` then ``Binlog_snapshot_file/_position`` in the same
   session, with no lock at all.

@@ -1,8 +1,9 @@
 """``austasync run``: copy the selected schemas while streaming the binlog, then keep streaming.
 
-Start-up order matters (DESIGN.md rules 2, 7, 11): check the source, take the Redis lease, fence the target
-(bump the writer generation), create the target schema, persist P0 *before* anything is copied, start the binlog
-reader at the checkpoint, and only then copy, each chunk at the barrier.
+Start-up order matters: check the source, take the Redis lease, fence the target (bump the writer generation,
+docs/DESIGN.md#rule-fencing), create the target schema, persist P0 *before* anything is copied
+(docs/DESIGN.md#rule-target-truth), start the binlog reader at the checkpoint, and only then copy, each chunk at
+the barrier (docs/DESIGN.md#rule-copy-barrier).
 """
 
 from __future__ import annotations
@@ -285,7 +286,8 @@ class Daemon:
             raise UnavailableError("stopped while waiting for the migration's lease")
 
     def _fence_target(self, source: Connection) -> tuple[Connection, Connection]:
-        """Open the target sessions, refuse a failing preflight subset, and become the only writer (rule 11)."""
+        """Open the target sessions, refuse a failing preflight subset, and become the only writer
+        (docs/DESIGN.md#rule-fencing)."""
         admin = connect(self.config.target, "target")
         self._conns.append(admin)
         writer = connect(self.config.target, "target", autocommit=False)
@@ -381,7 +383,8 @@ class Daemon:
                 snapshot.close()
 
     def _start_watcher(self, admin: Connection) -> TargetWriteWatcher | None:
-        """Watch the target's binlog from now on for writes that are not austasync's (rule 13).
+        """Watch the target's binlog from now on for writes that are not austasync's
+        (docs/DESIGN.md#rule-foreign-writes).
 
         Without the privileges to read it, replication goes on but the gate stays not ready: foreign writes
         cannot be ruled out. The error says which grant is missing.
@@ -725,7 +728,8 @@ class Daemon:
                     if self.stopping or clock() >= deadline:
                         return
                 elif applier.in_txn:
-                    # a source transaction bigger than the batch: split it, bounded memory (rule 1)
+                    # a source transaction bigger than the batch: split it, bounded memory
+                    # (docs/DESIGN.md#rule-checkpoint)
                     if stats.rows >= split_rows or stats.bytes >= max_bytes:
                         self._commit_async(applier)
                 elif self._batch_full(applier):
@@ -747,7 +751,7 @@ class Daemon:
         limits = self.config.apply
         stats = applier.stats
         if applier.in_txn:
-            # a source transaction bigger than the batch: split it, bounded memory (rule 1)
+            # a source transaction bigger than the batch: split it, bounded memory (docs/DESIGN.md#rule-checkpoint)
             return stats.rows >= 4 * limits.batch_max_rows or stats.bytes >= limits.batch_max_bytes
         return (
             stats.rows >= limits.batch_max_rows
@@ -844,7 +848,7 @@ class Daemon:
         elif isinstance(event, ReaderFailed):
             raise event.error
 
-    # --- statements: DDL policy and statement-format DML (rule 9) ---------------------------------------------
+    # --- statements: DDL policy and statement-format DML, docs/DESIGN.md#rule-ddl -----------------------------
 
     def _statement(self, event: Statement, applier: Applier) -> None:
         """A statement logged as text (transaction control never gets here: the reader models it). Skipped only
@@ -1082,8 +1086,9 @@ class Daemon:
     def _repair(self, request: Request, applier: Applier, reader: BinlogReader) -> None:
         """``POST /control/repair``: replace the given keys by the source's rows at this applier's position.
 
-        A source snapshot is opened, the stream applied to exactly its position (the copy's barrier, rule 7), the
-        keys read there and replaced in the applier's fenced transaction, committed with the checkpoint.
+        A source snapshot is opened, the stream applied to exactly its position (the copy's barrier,
+        docs/DESIGN.md#rule-repair), the keys read there and replaced in the applier's fenced transaction, committed
+        with the checkpoint.
         """
         tables = {str(t): t for t in applier.plans_tables.values()}
         try:
@@ -1158,7 +1163,7 @@ class Daemon:
         else:
             request.answer(503, {"error": f"{target} was not reached within {AUTO_RELEASE_SECONDS:g} s, or stopping"})
 
-    # --- bulk copy at the barrier (rule 7) --------------------------------------------------------------------
+    # --- bulk copy at the barrier, docs/DESIGN.md#rule-copy-barrier -------------------------------------------
 
     def _copy_round(
         self, applier: Applier, reader: BinlogReader, snapshot: SnapshotReader, tables: dict[TableId, Table]

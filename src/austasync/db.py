@@ -10,7 +10,7 @@ On top of that:
 
 - snapshot sessions also pin REPEATABLE READ and check it, because under READ COMMITTED
   ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` silently gives no snapshot;
-- target write sessions run with the rest of DESIGN.md rule 4 (READ COMMITTED, no foreign key checks), checked;
+- target write sessions run READ COMMITTED without foreign key checks, checked (docs/DESIGN.md#rule-sessions);
 - raw sessions (bulk copy) receive every value as the bytes the server rendered, with no driver conversion.
 """
 
@@ -33,9 +33,9 @@ from austasync.position import Position
 CONNECTION_CHARSET = "utf8mb4"
 Connection: TypeAlias = "pymysql.connections.Connection[Any]"  # generic only in the stubs
 
-# every session's sql_mode, source and target alike (DESIGN.md rule 4): id 0 stays 0, zero and invalid dates the
-# source accepted are accepted (and compare the same on both sides in key bounds), no escape, quoting, padding,
-# empty-string or dialect mode
+# every session's sql_mode, source and target alike (docs/DESIGN.md#rule-sessions): id 0 stays 0, zero and invalid
+# dates the source accepted are accepted (and compare the same on both sides in key bounds), no escape, quoting,
+# padding, empty-string or dialect mode
 SESSION_SQL_MODE = "NO_AUTO_VALUE_ON_ZERO,STRICT_ALL_TABLES,ALLOW_INVALID_DATES,NO_ENGINE_SUBSTITUTION"
 SESSION_TIME_ZONE = "+00:00"
 ER_LOCK_DEADLOCK = 1213
@@ -324,7 +324,8 @@ def setup_raw_copy_session(conn: Connection) -> None:
 
 
 def setup_target_session(conn: Connection) -> None:
-    """The target write session of DESIGN.md rule 4 (sql_mode and time zone are pinned by every connection)."""
+    """The target write session of docs/DESIGN.md#rule-sessions (sql_mode and time zone are pinned by every
+    connection)."""
     query(conn, "SET SESSION foreign_key_checks = 0, unique_checks = 1, autocommit = 0")
     query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     _check(

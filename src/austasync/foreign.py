@@ -1,4 +1,6 @@
-"""Foreign writes on the target (DESIGN.md rule 13): what the target-write watcher found, and how each one ends.
+"""Foreign writes on the target: what the target-write watcher found, and how each one ends.
+
+Why a write by anyone else is drift before cutover: docs/DESIGN.md#rule-foreign-writes.
 
 The watcher (:class:`austasync.binlog.adapter.TargetWriteWatcher`) turns what it reads in the target's binlog into
 :class:`ForeignWrite` values, judging statements with the stream's own fail-closed classifier

@@ -1,7 +1,8 @@
 """Redis: the lease that coordinates daemons, and the mirror of the state that operators and tools read.
 
-Redis may run without persistence; losing it costs a re-publish, never data: the target holds the truth and the
-fence in the target (not the lease) is what stops a stale writer (DESIGN.md rules 2 and 11).
+Redis may run without persistence; losing it costs a re-publish, never data: the target holds the truth
+(docs/DESIGN.md#rule-target-truth) and the fence in the target, not the lease, is what stops a stale writer
+(docs/DESIGN.md#rule-fencing).
 
 Keys, for ``<p>`` = ``<key_prefix>:<migration>``:
 

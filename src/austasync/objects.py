@@ -8,8 +8,8 @@ system-versioned tables and sequences refused). The rest:
   character set and collation they were defined under (routines; a view's stored text is canonical and needs
   none), and recorded as austasync's own DDL so the target-write watcher does not report them. They run nothing by
   themselves, so they are safe on a replica. After that, their DDL in the stream follows ``on_ddl``.
-- **events** are never created on the target: an enabled event would write there before cutover (DESIGN.md rule
-  13). Preflight lists them; create them on the new primary after cutover.
+- **events** are never created on the target: an enabled event would write there before cutover
+  (docs/DESIGN.md#rule-foreign-writes). Preflight lists them; create them on the new primary after cutover.
 - **triggers** move at cutover (:mod:`austasync.triggers`); preflight lists them.
 
 ``verify`` compares the tables, views and routines of both sides (:func:`compare`): one present on one side only,

@@ -1,7 +1,7 @@
 """``austasync verify --repair``: re-copy the differing keys from the source, fenced like every austasync write.
 
 Rows written to the target must be the source's rows *at the target's checkpoint*, or the stream would later be
-replayed over rows copied ahead of it (DESIGN.md rule 7, "Why not copy ahead of the stream").
+replayed over rows copied ahead of it (docs/DESIGN.md#rule-repair, docs/DESIGN.md#why-not-copy-ahead).
 
 - With a daemon running (it holds the lease), the keys go to its ``POST /control/repair``: at its barrier it
   opens a source snapshot, applies the stream to exactly its position, reads those keys there and replaces them in
@@ -104,7 +104,8 @@ def _repair_table(conn: Connection, state: TargetState, reader: SnapshotReader, 
     keys = [d.key for d in result.differences]
     rows = source_rows(reader, table, keys)
     state.check_fence(conn)
-    state.mark_own_write(conn)  # so the next daemon's watcher knows this transaction for austasync's (rule 13)
+    # so the next daemon's watcher knows this transaction for austasync's (docs/DESIGN.md#rule-foreign-writes)
+    state.mark_own_write(conn)
     deleted = 0
     for batch in _batches(keys, KEYS_PER_STATEMENT):
         where = in_list(table.key, [_key_literals(table, k) for k in batch])

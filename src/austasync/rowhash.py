@@ -1,4 +1,4 @@
-"""Row and chunk checksums, computed by the servers themselves (DESIGN.md, "Verification rules").
+"""Row and chunk checksums, computed by the servers themselves (docs/DESIGN.md#rule-row-hash).
 
 **Encoding.** The server serializes each row into one byte string ``E(row)``: one field per column, in a fixed
 order, joined by the byte 0xFF (``CONCAT_WS`` with a binary separator, so every field keeps its own bytes, whatever
@@ -19,7 +19,7 @@ its charset). The encoding is injective because each field can be read back unam
 - NULL as the single byte 0xFE, decided on the raw column: no text field holds it and no netstring starts with
   it.
 
-Generated columns are not hashed: each server computes them (DESIGN.md pitfall 35); reports list them.
+Generated columns are not hashed: each server computes them (docs/DESIGN.md#rule-row-hash); reports list them.
 
 **Row hash.** ``x = CRC32(E)·2^32 + CRC32C(E)``, 64 bits. The CRC-32 and CRC-32C generator polynomials are
 coprime (their GF(2) gcd is 1), so ``x`` is, up to a fixed affine map, ``E mod P1·P2``: a 64-bit CRC. Two
@@ -38,9 +38,9 @@ multiset. So only a row whose 64-bit hash did not change (``y1 = x1``: a CRC-64 
 itself changed) or a row that took over another's whole hash, key included (``y1 = x2``) can hide a change, and
 both are the CRC-64 collisions above. A missing or extra row changes ``COUNT``. Changes to three or more rows
 of one chunk cancel only by an exact coincidence of a 64-bit and a 128-bit integer sum, with no linear structure
-to force it. The pitfalls DESIGN.md names — the same change on two rows, a value swapped between two rows —
-are the two-row case, proven above and shown by tests/test_verify.py (which also shows CRC32 + BIT_XOR missing
-them on the same data).
+to force it. The pitfalls of docs/DESIGN.md#verify-pitfalls that need this — the same change on two rows, a
+value swapped between two rows — are the two-row case, proven above and shown by tests/test_verify.py (which also
+shows CRC32 + BIT_XOR missing them on the same data).
 
 MySQL 8 has no ``CRC32C``: when either server lacks it, ``x`` is the first 64 bits of ``MD5(E)`` (slower, same
 aggregate).
@@ -71,7 +71,7 @@ _LARGE = {
     "longblob",
     *SPATIAL_TYPES,
 }
-_STRINGS = {"enum", "set"}  # hashed by label: an index would hide a reordered definition (pitfall 34)
+_STRINGS = {"enum", "set"}  # hashed by label: an index would hide a reordered definition
 _UTF8 = {"utf8mb4", "utf8mb3", "utf8", "ascii"}  # charsets whose bytes never include 0xFE or 0xFF
 # binary with implicit coercibility: the result stays binary, so no field is converted to another charset
 _SEPARATOR = "CAST(X'FF' AS BINARY)"

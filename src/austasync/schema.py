@@ -1,7 +1,8 @@
 """Table metadata (columns, keys, foreign keys) read from ``information_schema``, and the target schema set-up.
 
-A table is replicated only if it is InnoDB with a primary key or a NOT NULL unique key (DESIGN.md rule 10); the
-key's columns are what chunks are ordered by and what net images are keyed by.
+A table is replicated only if it is InnoDB with a primary key or a NOT NULL unique key
+(docs/DESIGN.md#rule-replicated-tables); the key's columns are what chunks are ordered by and what net images are
+keyed by.
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ class Table:
 
 #: what discovery does with each ``information_schema.TABLES.TABLE_TYPE``: ``BASE TABLE`` is replicated (when
 #: InnoDB with a usable key), ``VIEW`` is created on the target (:mod:`austasync.objects`), and every other type is
-#: refused with the reason and the fix (DESIGN.md rule 10): never skipped, since a skipped table is one that
-#: ``verify`` would also never look at
+#: refused with the reason and the fix (docs/DESIGN.md#rule-replicated-tables): never skipped, since a skipped
+#: table is one that ``verify`` would also never look at
 REPLICATED_TYPE = "BASE TABLE"
 VIEW_TYPE = "VIEW"
 _REFUSED_TYPES = {
@@ -346,8 +347,8 @@ def load_tables(conn: Connection, config: Config, names: Mapping[str, str] | Non
     problems += _char_no_pad_key_problems(conn, tables)
     if problems:
         raise SetupError(
-            "these tables cannot be replicated exactly (DESIGN rule 10); add them to replication.exclude_tables"
-            " or fix them on the source:\n  " + "\n  ".join(problems)
+            "these tables cannot be replicated exactly (docs/DESIGN.md#rule-replicated-tables); add them to"
+            " replication.exclude_tables or fix them on the source:\n  " + "\n  ".join(problems)
         )
     return tables
 
@@ -461,8 +462,8 @@ def ensure_target(
 
     ``compare`` is off once a checkpoint exists: from then on the target's definitions are the stream's truth
     and the source's may legitimately be ahead of it. Returns the number of tables created. Triggers are not
-    copied (DESIGN.md rule 6; :mod:`austasync.triggers` moves them at cutover) and target tables that have
-    triggers are refused. ``creates`` holds ``SHOW CREATE TABLE`` texts read earlier (those of P0, read by
+    copied (docs/DESIGN.md#rule-triggers; :mod:`austasync.triggers` moves them at cutover) and target tables that
+    have triggers are refused. ``creates`` holds ``SHOW CREATE TABLE`` texts read earlier (those of P0, read by
     :mod:`austasync.startup_schema`); tables it lacks are read from the source now.
     """
     created = 0
@@ -504,7 +505,8 @@ def ensure_target(
     triggers = _target_triggers(target, config, tables)
     if triggers:
         raise SetupError(
-            "target tables have triggers, which would fire a second time on replicated rows (DESIGN rule 6);"
+            "target tables have triggers, which would fire a second time on replicated rows"
+            " (docs/DESIGN.md#rule-triggers);"
             " drop them (austasync cutover creates the source's triggers there at promotion, austasync rollback"
             " moves them back; their definitions are saved in the state schema's triggers table on the side that"
             " lost them): " + ", ".join(triggers)

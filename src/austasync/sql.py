@@ -102,7 +102,7 @@ def select_expr(column: str, kind: Kind) -> str:
     """The SELECT expression that renders a column exactly over the text protocol."""
     ident = quote_ident(column)
     if kind is Kind.FLOAT:
-        # FLOAT renders with ~6 significant digits; as a DOUBLE it is exact (DESIGN.md, FLOAT is lossy)
+        # FLOAT renders with ~6 significant digits; as a DOUBLE it is exact (docs/DESIGN.md#rule-values)
         return f"{ident}+0E0"
     if kind in (Kind.BIT, Kind.ENUM, Kind.SET):
         return f"{ident}+0"
@@ -196,7 +196,7 @@ def after_key(columns: Sequence[str], literals: Sequence[str]) -> str:
     """Predicate for keys strictly greater than the given key, written so the optimizer range-scans.
 
     ``a > x OR (a = x AND b > y) ...``: a row-value comparison ``(a,b) > (x,y)`` made MariaDB scan and lock far
-    more rows than the chunk (DESIGN.md rule 7).
+    more rows than the chunk (docs/DESIGN.md#copy-keys).
     """
     return _expanded(columns, literals, ">", or_equal=False)
 

@@ -1,5 +1,7 @@
 """The source's schema as of the first start's P0: read between two binlog positions with no DDL logged between.
 
+See docs/DESIGN.md#rule-startup-schema.
+
 A first start creates the target tables from the source's definitions and streams from P0, the source's binlog
 end. Both must describe the same moment: a DDL that runs on the source after the definitions are read but before
 P0 is in neither (the target keeps the old shape, the stream starts after the change), and one that runs after

@@ -1,11 +1,11 @@
-"""The truth about what was applied, kept in the target (DESIGN.md rules 2 and 11).
+"""The truth about what was applied, kept in the target (docs/DESIGN.md#rule-target-truth).
 
 Tables in the state schema (default ``_austasync``), one row per migration name:
 
-- ``fence``: the writer generation. Every austasync write transaction first reads it with a *shared* lock and
-  checks it is still its own and that the target is not promoted; a new daemon kills the previous holder's
-  recorded connections and bumps the generation under an exclusive lock. A frozen old daemon that wakes up
-  cannot write a row.
+- ``fence``: the writer generation (docs/DESIGN.md#rule-fencing). Every austasync write transaction first reads
+  it with a *shared* lock and checks it is still its own and that the target is not promoted; a new daemon kills
+  the previous holder's recorded connections and bumps the generation under an exclusive lock. A frozen old
+  daemon that wakes up cannot write a row.
 - ``state``: stream position (a transaction boundary, plus the count of rows events already applied of the next
   transaction when a big one was split), P0, phase, pending stop, last verification.
 - ``copy_cursor``: per table, the last key copied, committed inside the chunk's own transaction.
@@ -137,7 +137,7 @@ class TargetState:
         query(conn, f"INSERT IGNORE INTO {self.schema}.fence (migration) VALUES (%s)", (self.migration,))
         query(conn, "COMMIT")
 
-    # --- fencing (rule 11) ---------------------------------------------------------------------------------
+    # --- fencing, docs/DESIGN.md#rule-fencing --------------------------------------------------------------
 
     def take_over(self, conn: Connection, my_connections: list[int]) -> int:
         """Become the writer: kill the previous holder's sessions, bump the generation, record ours."""
@@ -200,7 +200,7 @@ class TargetState:
                 f" {self.generation}); this process stops without writing"
             )
 
-    # --- checkpoint (rules 1 and 2) ---------------------------------------------------------------------------
+    # --- checkpoint, docs/DESIGN.md#rule-checkpoint -----------------------------------------------------------
 
     def load(self, conn: Connection) -> Checkpoint | None:
         rows = query(
@@ -260,10 +260,10 @@ class TargetState:
     def mark_own_write(self, conn: Connection) -> None:
         """Change this migration's state row (its ``updated_at`` only) in the caller's open transaction.
 
-        The target's write watcher knows austasync's transactions by a changed state row (rule 13). A write that
-        moves no checkpoint or cursor (a repair run with no daemon) calls this, or the next daemon would report
-        it as a foreign write. The new value is always later than the old, so the row really changes and is in
-        the binlog even within one microsecond.
+        The target's write watcher knows austasync's transactions by a changed state row
+        (docs/DESIGN.md#rule-foreign-writes). A write that moves no checkpoint or cursor (a repair run with no
+        daemon) calls this, or the next daemon would report it as a foreign write. The new value is always later
+        than the old, so the row really changes and is in the binlog even within one microsecond.
         """
         with conn.cursor() as cur:
             changed = cur.execute(

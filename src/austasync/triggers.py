@@ -1,4 +1,4 @@
-"""Triggers move with the direction of the stream (issue 8, DESIGN.md rule 6).
+"""Triggers move with the direction of the stream (issue 8, docs/DESIGN.md#rule-triggers).
 
 A trigger's effects on the side taking the application's writes are already row events in its binlog; the same
 trigger on the replica of that stream would fire a second time on every replicated row. So only the primary has

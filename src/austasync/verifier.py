@@ -1,12 +1,13 @@
 """``austasync verify``: prove that source and target hold the same rows, or name the rows that differ.
 
-Both sides are read in REPEATABLE READ consistent snapshots opened at one aligned point (DESIGN.md, "Verification
-rules"): the daemon, through an :class:`Aligner`, pauses its applier at a transaction boundary, the source
-snapshot is opened and its exact binlog position P read, the applier runs to exactly P and stays there while the
-target snapshot opens, then goes on. The target snapshot must then show the daemon's checkpoint at exactly P (it is
-committed with the data), which proves the alignment whatever the daemon's release timing. No lock is held on the
-source while anything waits. Snapshots are renewed within ``copy.snapshot_seconds`` so neither the applier nor the
-source's undo history waits long. Without a daemon both sides are compared as they are (``aligned: false``).
+Both sides are read in REPEATABLE READ consistent snapshots opened at one aligned point
+(docs/DESIGN.md#rule-aligned-verification): the daemon, through an :class:`Aligner`, pauses its applier at a
+transaction boundary, the source snapshot is opened and its exact binlog position P read, the applier runs to
+exactly P and stays there while the target snapshot opens, then goes on. The target snapshot must then show the
+daemon's checkpoint at exactly P (it is committed with the data), which proves the alignment whatever the daemon's
+release timing. No lock is held on the source while anything waits. Snapshots are renewed within
+``copy.snapshot_seconds`` so neither the applier nor the source's undo history waits long. Without a daemon both
+sides are compared as they are (``aligned: false``).
 
 Each table is compared in key-ordered chunks: the source sums the next rows and names the chunk's last key (the
 first chunk has no lower bound and the last one no upper bound, so target rows before the first or past the last
@@ -322,7 +323,7 @@ class Snapshots:
 
     def _target_at(self, position: Position) -> bool:
         """Whether the target snapshot holds exactly the source at ``position``: the checkpoint is committed in
-        the same transaction as the data it describes (DESIGN.md rule 2)."""
+        the same transaction as the data it describes (docs/DESIGN.md#rule-target-truth)."""
         rows = _fetch(
             self.target,
             f"SELECT file, pos, skip_events FROM {self.state_table} WHERE migration = '{self.migration}'",
@@ -762,8 +763,8 @@ class Comparison:
                 result.differences.extend(Difference(k, again[k]) for k in batch if k in again)
 
     def _throttle(self) -> None:
-        """Wait while a source signal of ``[throttle]`` is over budget or unreadable (DESIGN.md rule 8, fail
-        closed: see :mod:`austasync.governor`)."""
+        """Wait while a source signal of ``[throttle]`` is over budget or unreadable (fail closed:
+        docs/DESIGN.md#rule-source-budget and :mod:`austasync.governor`)."""
         if (
             not _governed(self.config)
             or self.clock() - self.throttle_checked < self.config.throttle.check_interval_seconds

@@ -1,6 +1,6 @@
 """The one module that imports python-mysql-replication; it turns its untyped events into :mod:`austasync.events`.
 
-Traps of the library handled here (DESIGN.md, notes/binlog-library.md):
+Traps of the library handled here (docs/DESIGN.md#binlog-library):
 
 - its reconnect resumes mid-transaction: disabled; a dropped stream is restarted from our own checkpoint;
 - unknown event types are dropped by default: we take them and stop on anything not known to be harmless
@@ -93,7 +93,8 @@ from austasync.foreign import ForeignWrite
 from austasync.position import Position
 from austasync.schema import Table, TableId
 
-# The library's own reconnect resumes from the last event read, possibly mid-transaction (rule 1): turn it off.
+# The library's own reconnect resumes from the last event read, possibly mid-transaction: turn it off
+# (docs/DESIGN.md#rule-checkpoint).
 _binlogstream.MYSQL_EXPECTED_ERROR_CODES = []
 
 # Event types the library does not implement but that carry nothing to apply, and the rule that skips them:
@@ -142,8 +143,8 @@ _IGNORED: dict[type, str] = {
 # --- table maps and rows events ---------------------------------------------------------------------------------
 #
 # Rows events are decoded by austasync.binlog.rowcodec from the packet bytes, not by the library: its per-column
-# dispatcher and its re-parsing of every table map took most of the catch-up time (DESIGN.md, the
-# python-mysql-replication notes), and several of its value decoders lose values (see rowcodec). A table map is
+# dispatcher and its re-parsing of every table map took most of the catch-up time
+# (docs/DESIGN.md#binlog-library), and several of its value decoders lose values (see rowcodec). A table map is
 # parsed by the library once per distinct content, keyed by its bytes rather than its table id (the server reuses
 # ids after a rotate and gives an altered table a new one), and compiled into a decoder on its first rows event.
 
@@ -768,7 +769,8 @@ class BinlogReader:
                         # inside a transaction: merged into its net images, or (not replicated) only counted
                         if codec is not None and codec.literal:
                             if codec.merge(b, body, body_end, etype, ts, lib, chunk, stream.log_file, log_pos):
-                                if chunk.events >= _PART_EVENTS:  # a big transaction goes in parts (rule 1)
+                                # a big transaction goes in parts (docs/DESIGN.md#rule-checkpoint)
+                                if chunk.events >= _PART_EVENTS:
                                     dest.append(state.part(None, ts))
                                     state.chunk = _Chunk(None, state.seq)
                                 continue
@@ -1254,10 +1256,10 @@ class TargetWriteWatcher:
 
     Every austasync write transaction also changes a row of its state schema (the checkpoint or a copy cursor,
     with a fresh ``updated_at``), so a target transaction that changes selected tables without touching the
-    state schema was made by someone else: drift by definition (DESIGN.md rule 13). Statements are judged by the
-    stream's own classifier (:func:`austasync.foreign.statement_write`), unless austasync itself ran that
-    statement (``on_ddl = "exec"``, start-up DDL). ``on_foreign`` is called before the watcher moves past what it
-    reports, so a write it saw is recorded before the position it resumes from passes it.
+    state schema was made by someone else: drift by definition (docs/DESIGN.md#rule-foreign-writes). Statements are
+    judged by the stream's own classifier (:func:`austasync.foreign.statement_write`), unless austasync itself ran
+    that statement (``on_ddl = "exec"``, start-up DDL). ``on_foreign`` is called before the watcher moves past what
+    it reports, so a write it saw is recorded before the position it resumes from passes it.
 
     Rows are never decoded, and known table maps are not re-parsed (``freeze_schema``): only schema and table names
     are needed, so the watcher costs little beside the applier.

@@ -12,8 +12,9 @@ literals the applier writes (its key literals and its ``(v1,v2,...)`` row litera
 travels further than this module. A table that cascades keeps Python values, which the applier's cascade code
 compares and matches (:class:`RowsDecoder` ``literal=False``).
 
-Exactness (DESIGN.md rule 12) is that of the decoders this replaces: each value is read as the server packed it
-(sql/field.cc, mysys/my_time.c, strings/decimal.c) and rendered by the same rules as :func:`austasync.sql.value_literal`:
+Exactness (docs/DESIGN.md#rule-values) is that of the decoders this replaces: each value is read as the server
+packed it (sql/field.cc, mysys/my_time.c, strings/decimal.c) and rendered by the same rules as
+:func:`austasync.sql.value_literal`:
 
 - temporal values become the text the server prints, zero and partial-zero dates included; TIME is one signed
   fixed-point number (the fraction shares the sign); TIMESTAMP 0 without a fraction is the zero TIMESTAMP;

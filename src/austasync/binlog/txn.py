@@ -15,10 +15,10 @@ server logs make that necessary:
   their rows is written, and skips those that changed no replicated table.
 
 Memory stays bounded: past :data:`HOLD_BYTES` of rows events a transaction is *spilled* (its held events handed
-over; the applier may split it across target transactions, rule 1). A ``ROLLBACK [TO]`` that would have to undo a
-replicated rows event already handed over then stops the daemon instead of leaving rows the source never kept.
-Statements inside a rolled-back stretch are kept: a statement is not undone by a rollback (DDL commits, a
-non-transactional change stays) and the daemon judges it as usual.
+over; the applier may split it across target transactions, docs/DESIGN.md#rule-checkpoint). A ``ROLLBACK [TO]`` that
+would have to undo a replicated rows event already handed over then stops the daemon instead of leaving rows the
+source never kept. Statements inside a rolled-back stretch are kept: a statement is not undone by a rollback (DDL
+commits, a non-transactional change stays) and the daemon judges it as usual.
 """
 
 from __future__ import annotations
