@@ -112,7 +112,9 @@ def _read(
 
 def test_a_ddl_during_the_read_makes_it_read_again_and_p0_follows_the_ddl(env: Env) -> None:
     _tables(env)
-    found, log = _read(env, lambda _: [f"ALTER TABLE {env.db}.a ADD COLUMN w INT", f"RENAME TABLE {env.db}.b TO {env.db}.c"])
+    found, log = _read(
+        env, lambda _: [f"ALTER TABLE {env.db}.a ADD COLUMN w INT", f"RENAME TABLE {env.db}.b TO {env.db}.c"]
+    )
     assert [event for event, _ in log.lines] == ["DDL ran on the source while its schema was read; reading it again"]
     assert sorted(found.tables) == [(env.db, "a"), (env.db, "c")]
     assert [c.name for c in found.tables[(env.db, "a")].columns] == ["id", "v", "w"]
@@ -125,7 +127,9 @@ def test_a_ddl_during_the_read_makes_it_read_again_and_p0_follows_the_ddl(env: E
 def test_ddl_outside_the_selection_does_not_make_it_read_again(env: Env) -> None:
     _tables(env)
     other_db = f"x_{env.name}"[:60]
-    found, log = _read(env, lambda _: [f"CREATE DATABASE `{other_db}`", f"CREATE TABLE `{other_db}`.z (id INT PRIMARY KEY)"])
+    found, log = _read(
+        env, lambda _: [f"CREATE DATABASE `{other_db}`", f"CREATE TABLE `{other_db}`.z (id INT PRIMARY KEY)"]
+    )
     env.source.execute(f"DROP DATABASE `{other_db}`")
     assert log.lines == []
     assert sorted(found.tables) == [(env.db, "a"), (env.db, "b")]

@@ -484,7 +484,9 @@ def logged_statements(
                 break
             schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else str(event.schema)
             found.append(
-                LoggedStatement(int(event.slave_proxy_id), str(event.query), schema, getattr(event, "sql_mode", None), end)
+                LoggedStatement(
+                    int(event.slave_proxy_id), str(event.query), schema, getattr(event, "sql_mode", None), end
+                )
             )
         return found
     finally:
