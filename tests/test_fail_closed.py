@@ -393,3 +393,48 @@ def _binlog_events(env: Env, start: tuple[str, int]) -> list[tuple[object, ...]]
         raise AssertionError(f"cannot list the source's binlog events: {exc}") from exc
     finally:
         conn.close()
+
+
+# --- DDL text in a character set other than UTF-8 ---------------------------------------------------------------
+
+
+def _alter_with_default(env: Env, charset: str) -> None:
+    conn = env.source.connect(database=env.db, charset=charset)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ALTER TABLE t ADD COLUMN c VARCHAR(10) CHARACTER SET utf8mb4 NOT NULL DEFAULT 'ção'")
+    finally:
+        conn.close()
+
+
+def test_a_non_ascii_ddl_from_a_latin1_session_stops_instead_of_running_other_text(env: Env) -> None:
+    """The library reads the latin1 bytes of 'ção' as '\\xe7\\xe3o': run on the target, the existing rows would get
+    other text than the source's. Under exec the daemon stops before it, and `ddl --exec` refuses it too."""
+    table(env)
+    proc = streaming(env, replication={"on_ddl": "exec"})
+    _alter_with_default(env, "latin1")
+    stops_with(proc, EXIT_DDL_STOP)
+    assert "cannot be replayed exactly" in env.daemon_log()
+    assert [r[0] for r in env.target.execute(f"SHOW COLUMNS FROM {env.db}.t")] == ["id", "v"]  # nothing run
+    refused = env.run_cli("ddl", "--exec")
+    assert refused.returncode != 0
+    assert "apply it to the target by hand" in refused.stderr + refused.stdout
+    # the operator applies it as the source ran it, then skips: the sides are equal again
+    conn = env.target.connect(database=env.db, charset="latin1")
+    with conn.cursor() as cur:
+        cur.execute("ALTER TABLE t ADD COLUMN c VARCHAR(10) CHARACTER SET utf8mb4 NOT NULL DEFAULT 'ção'")
+    conn.close()
+    assert env.run_cli("ddl", "--skip").returncode == 0
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    assert env.source.execute(f"SELECT DISTINCT c FROM {env.db}.t") == [("ção",)]
+    assert same(env)
+
+
+def test_a_non_ascii_ddl_from_a_utf8_session_is_replayed_exactly(env: Env) -> None:
+    table(env)
+    proc = streaming(env, replication={"on_ddl": "exec"})
+    _alter_with_default(env, "utf8mb4")
+    env.wait_caught_up(proc=proc)
+    assert env.target.execute(f"SELECT DISTINCT c FROM {env.db}.t") == [("ção",)]
+    assert same(env)

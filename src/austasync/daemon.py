@@ -88,6 +88,12 @@ from austasync.touched import TouchedKeys
 from austasync.verifier import Result
 
 HEALTH_STALL_SECONDS = 30.0
+# skip rules that rest on the names a statement mentions (a misread name could be a replicated table's)
+_NAME_RULES = frozenset({"not_replicated", "temporary_table"})
+_INEXACT = (
+    "the statement holds non-ASCII text the binlog library decoded as UTF-8 while the source session's"
+    " character_set_client was another (or unknown), so its text here is not what the source ran"
+)
 FOREIGN_REFRESH_SECONDS = 2.0  # how soon an ack or a verification by another process shows in the gate
 _DRAIN_SECONDS = 0.05
 
@@ -861,6 +867,14 @@ class Daemon:
             return
         parsed = event.parsed or statements.parse(event.query, event.sql_mode)
         verdict = statements.judge(parsed, event.schema, self.selection)
+        if (
+            verdict.action == "skip"
+            and verdict.rule in _NAME_RULES
+            and not event.exact
+            and not statements.names_are_plain(event.query, event.sql_mode)
+        ):
+            # the names it was judged by may be misread (BinlogReader's exact_text): not provably harmless
+            verdict = statements.Verdict("policy", "its names may be misread: " + _INEXACT)
         where = f"binlog {event.position} (default database {event.schema or 'none'})"
         if verdict.action == "stop_dml":
             self._count("stop")
@@ -891,7 +905,12 @@ class Daemon:
                 " written. Apply the transaction's effect by hand and re-copy the tables it names"
             )
         self._commit(applier)  # everything before it; inside a transaction the checkpoint is the transaction's start
-        if policy == "exec":
+        why = verdict.rule
+        if policy == "exec" and not event.exact:
+            why = f"{why}; not run: {_INEXACT}"
+            self.log.warning("DDL not replayed: its text is not exact", statement=event.query[:500],
+                             position=str(event.position))  # fmt: skip
+        elif policy == "exec":
             if parsed.select:
                 self._count("stop")
                 raise UncarryableValueError(
@@ -915,7 +934,8 @@ class Daemon:
             "timestamp": event.timestamp,
             "time_zone": event.time_zone,
             "in_transaction": event.in_transaction,
-            "why": verdict.rule,
+            "why": why,
+            "exact": event.exact,
         }
         self.state.check_fence(applier.conn)
         self.state.save_stop(applier.conn, stop)
@@ -1632,6 +1652,14 @@ def _check_binlog_available(conn: Connection, position: Position) -> None:
 
 def _ddl_message(stop: dict[str, Any]) -> str:
     where = " inside the transaction" if stop.get("in_transaction") else ""
+    if stop.get("exact") is False:
+        return (
+            f"DDL on a replicated table at source position {stop['end']}{where} (from {stop['start']}) cannot be"
+            f" replayed exactly: {_INEXACT}. The target is checkpointed just before it. Read the statement as the"
+            f" source ran it from the source's binlog (mariadb-binlog --start-position={stop['start'].split(':')[-1]}"
+            f" {stop['start'].split(':')[0]}), apply the same change to the target yourself, then run"
+            " `austasync ddl --config FILE --skip` and start `austasync run` again"
+        )
     return (
         f"DDL on a replicated table at source position {stop['end']}{where} (from {stop['start']}):"
         f" {stop['statement'][:500]!r}."

@@ -117,9 +117,11 @@ class Statement:
     timestamp: int
     in_transaction: bool
     sql_mode: int | None
-    charset: bytes | None
     time_zone: str | None = None  # the session time zone it ran in, when not the server's default
     parsed: Parsed | None = None  # what austasync.binlog.statements made of it
+    # the text is the statement's bytes exactly (see binlog.statements.exact_text); when False, running ``query``
+    # on the target would run other text than the source ran, and judging its names may misread them
+    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)

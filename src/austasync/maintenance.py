@@ -42,6 +42,11 @@ def resolve_ddl(config: Config, action: str | None) -> str:
                 f"pending DDL at {stop['start']} (schema {stop['schema']}):\n  {stop['statement']}\n"
                 "resolve with --skip (you applied it to the target) or --exec (austasync runs it there)"
             )
+        if action == "exec" and stop.get("exact") is False:
+            raise ConfigError(
+                "the pending statement's text is not the one the source ran (non-ASCII text in a character set"
+                " other than UTF-8); apply it to the target by hand from the source's binlog and use --skip"
+            )
         if action == "exec":
             target_db = config.replication.target_db(stop["schema"]) if stop["schema"] else None
             if config.replication.rename and "." in stop["statement"]:

@@ -443,6 +443,36 @@ def _connection_settings(db: DatabaseConfig, read_timeout: float) -> dict[str, A
     }
 
 
+_UTF8_CHARSETS = frozenset({"utf8", "utf8mb3", "utf8mb4"})
+
+
+# what backslashreplace writes for a byte that is not UTF-8 (always 0x80 or above)
+_REPLACED = re.compile(r"\\x[89a-f][0-9a-f]")
+
+
+def exact_text(text: str, client_collation: int | None) -> bool:
+    """Whether ``text``, the library's decoding of a Query event, is the statement the source ran.
+
+    The library decodes the statement's bytes as UTF-8 with ``backslashreplace``, whatever the session's
+    ``character_set_client`` was: a ``latin1`` session's ``DEFAULT 'ção'`` reads as ``DEFAULT '\\xe7\\xe3o'``,
+    and run on the target it would fill the existing rows with other text than the source's
+    (docs/DESIGN.md#rule-ddl). The text is exact when nothing was replaced (a literal ``\\xe7`` in the statement
+    counts as replaced: fail closed) and it is ASCII (the same bytes in every client character set) or the client
+    character set is UTF-8.
+    """
+    if _REPLACED.search(text):
+        return False
+    if text.isascii():
+        return True
+    if client_collation is None:
+        return False
+    try:
+        charset = pymysql.charset.charset_by_id(client_collation)
+    except KeyError:  # a collation newer than the driver's table (MariaDB 11's uca1400 ids): cannot tell
+        return False
+    return getattr(charset, "name", None) in _UTF8_CHARSETS  # the driver's stubs lack the attribute
+
+
 @dataclass(frozen=True, slots=True)
 class LoggedStatement:
     """A statement a server logged as text: the session that ran it (the Query event's thread id), its default
@@ -1040,9 +1070,9 @@ class BinlogReader:
                 timestamp=ts,
                 in_transaction=state.in_txn and not state.standalone,
                 sql_mode=sql_mode,
-                charset=None,
                 time_zone=_text_or_none(getattr(event, "time_zone", None)),
                 parsed=parsed,
+                exact=exact_text(text, getattr(event, "character_set_client", None)),
             )
             if statement.in_transaction:
                 state.sink(self._out).append(statement)  # held with the rest of its transaction

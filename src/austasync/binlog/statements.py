@@ -97,6 +97,16 @@ class Parsed:
         return self.category == "transaction"
 
 
+def names_are_plain(text: str, sql_mode: int | None = None) -> bool:
+    """Whether everything outside the string literals of ``text`` is ASCII without a backslash: then the names a
+    statement is judged by are read right even when its string literals were decoded in the wrong character set."""
+    try:
+        tokens = tokenize(text, sql_mode)
+    except ParseError:
+        return False
+    return all(t.kind == "string" or (t.text.isascii() and "\\" not in t.text) for t in tokens)
+
+
 # --- lexer ------------------------------------------------------------------------------------------------------
 
 
