@@ -438,3 +438,52 @@ def test_a_non_ascii_ddl_from_a_utf8_session_is_replayed_exactly(env: Env) -> No
     env.wait_caught_up(proc=proc)
     assert env.target.execute(f"SELECT DISTINCT c FROM {env.db}.t") == [("ção",)]
     assert same(env)
+
+
+# --- session settings a DDL depends on that the binlog does not carry --------------------------------------------
+
+
+@pytest.fixture
+def legacy_timestamps(env: Env) -> Iterator[None]:
+    """A source whose sessions default to explicit_defaults_for_timestamp = OFF (MySQL 5.7's default), the target
+    left at ON (MariaDB 10.10+ and MySQL 8.0): a test server's global, set by the test, never by austasync."""
+    env.source.execute("SET GLOBAL explicit_defaults_for_timestamp = OFF")
+    try:
+        yield
+    finally:
+        env.source.execute("SET GLOBAL explicit_defaults_for_timestamp = ON")
+
+
+def test_a_timestamp_column_added_under_exec_gets_the_sources_implicit_default(
+    env: Env, legacy_timestamps: None
+) -> None:
+    """ADD COLUMN ts TIMESTAMP means NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE ... on the source (OFF) and NULL
+    on a target session left at ON: the existing rows would differ, with nothing in the binlog to say so."""
+    table(env)
+    proc = streaming(env, replication={"on_ddl": "exec"})
+    run(env, "ALTER TABLE t ADD COLUMN ts TIMESTAMP")
+    env.wait_caught_up(proc=proc)
+    source_ddl = env.source.execute(f"SHOW CREATE TABLE {env.db}.t")[0][1]
+    assert env.target.execute(f"SHOW CREATE TABLE {env.db}.t")[0][1] == source_ddl
+    assert same(env)
+
+
+def test_ddl_exec_of_a_stopped_ddl_runs_it_under_the_sources_settings(env: Env, legacy_timestamps: None) -> None:
+    table(env)
+    proc = streaming(env)  # on_ddl = "stop"
+    run(env, "ALTER TABLE t ADD COLUMN ts TIMESTAMP")
+    stops_with(proc, EXIT_DDL_STOP)
+    assert env.run_cli("ddl", "--exec").returncode == 0
+    source_ddl = env.source.execute(f"SHOW CREATE TABLE {env.db}.t")[0][1]
+    assert env.target.execute(f"SHOW CREATE TABLE {env.db}.t")[0][1] == source_ddl
+
+
+def test_a_ddl_from_a_session_with_another_lc_time_names_stops_under_exec(env: Env) -> None:
+    """MONTHNAME in an expression default fills the existing rows in the session's language, which the target
+    session (en_US) would not: the daemon stops before it and says why."""
+    table(env)
+    proc = streaming(env, replication={"on_ddl": "exec"})
+    run(env, "SET lc_time_names = 'pt_BR'", "ALTER TABLE t ADD COLUMN m VARCHAR(20) DEFAULT (MONTHNAME('2020-01-01'))")
+    stops_with(proc, EXIT_DDL_STOP)
+    assert "lc_time_names" in env.daemon_log()
+    assert [r[0] for r in env.target.execute(f"SHOW COLUMNS FROM {env.db}.t")] == ["id", "v"]

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from austasync.config import load as load_config
-from austasync.daemon import sql_mode_names
 from austasync.db import connect, query
+from austasync.ddl_exec import sql_mode_names
 from austasync.errors import UncarryableValueError
 from conftest import SOURCE_GRANTS, Env, dump
 from servers import MariaDB, Redis, free_port

@@ -39,6 +39,7 @@ from austasync.db import (
     setup_target_session,
     variable,
 )
+from austasync.ddl_exec import DdlSession, check_ddl_session, execute_ddl, source_ddl_session
 from austasync.ddl_resume import ddl_applied_marker
 from austasync.errors import (
     AustasyncError,
@@ -223,6 +224,7 @@ class Daemon:
         setup_source_session(source)
         self._conns.append(source)
         self.source_flavor = server_flavor(source)[0]  # whose bits the DDL events' sql_mode holds
+        self.source_ddl_settings = source_ddl_session(source)  # what its DDL depends on besides the event
         problems = preflight.check_source(source)
         if problems:
             raise SetupError("the source is not set up for row-based replication:\n  " + "\n  ".join(problems))
@@ -906,10 +908,11 @@ class Daemon:
             )
         self._commit(applier)  # everything before it; inside a transaction the checkpoint is the transaction's start
         why = verdict.rule
-        if policy == "exec" and not event.exact:
-            why = f"{why}; not run: {_INEXACT}"
-            self.log.warning("DDL not replayed: its text is not exact", statement=event.query[:500],
-                             position=str(event.position))  # fmt: skip
+        cannot = _not_replayable(event)
+        if policy == "exec" and cannot:
+            why = f"{why}; not run: {cannot}"
+            self.log.warning("DDL not replayed: it cannot run on the target as on the source", reason=cannot,
+                             statement=event.query[:500], position=str(event.position))  # fmt: skip
         elif policy == "exec":
             if parsed.select:
                 self._count("stop")
@@ -935,8 +938,10 @@ class Daemon:
             "time_zone": event.time_zone,
             "in_transaction": event.in_transaction,
             "why": why,
-            "exact": event.exact,
+            "settings": self._ddl_settings(event),
         }
+        if cannot:
+            stop["not_replayable"] = cannot
         self.state.check_fence(applier.conn)
         self.state.save_stop(applier.conn, stop)
         query(applier.conn, "COMMIT")
@@ -969,7 +974,8 @@ class Daemon:
                 ' Use on_ddl = "stop" and apply it by hand'
             )
         conn = applier.conn
-        check_ddl_sql_mode(conn, event.sql_mode, self.source_flavor, f"binlog {event.start}..{event.position}")
+        session = self._ddl_session(event)
+        check_ddl_session(conn, session, f"binlog {event.start}..{event.position}")
         # where the target's binlog shows austasync's own DDL: open until it has run, as the watcher may read it first
         logged_from = binlog_end_or_none(conn)
         stop = {
@@ -984,6 +990,7 @@ class Daemon:
             "time_zone": event.time_zone,
             "in_transaction": event.in_transaction,
             "executing": True,
+            "settings": session.settings,
         }
         if logged_from is not None:  # what a restart needs to tell what an interrupted execution did (ddl_resume)
             stop |= {"own_from": str(logged_from), "thread": connection_id(conn)}
@@ -1005,7 +1012,7 @@ class Daemon:
         # target, and the statement names its replicated tables qualified then (judge() resolved them so)
         replicated = event.schema and self.selection.database(event.schema)
         database = self.config.replication.target_db(event.schema) if replicated else None
-        execute_ddl(conn, event.query, database, event.sql_mode, event.timestamp, event.time_zone, self.source_flavor)
+        execute_ddl(conn, event.query, database, session)
         logged_to = binlog_end_or_none(conn)
         self.state.check_fence(conn)
         if logged_from is not None and logged_to is not None:
@@ -1025,6 +1032,19 @@ class Daemon:
         self._cursors_after_ddl(conn, parsed, event.schema, tables)
         query(conn, "COMMIT")
         self.log.info("DDL replayed on the target", statement=event.query[:500], position=str(event.position))
+
+    def _ddl_settings(self, event: Statement) -> dict[str, str]:
+        """The session variables a DDL runs under besides sql_mode, time zone and clock: the source's globals of
+        those the event does not carry, and the event's auto_increment settings."""
+        settings = dict(self.source_ddl_settings)
+        if event.auto_increment is not None:
+            settings["auto_increment_increment"], settings["auto_increment_offset"] = map(str, event.auto_increment)
+        return settings
+
+    def _ddl_session(self, event: Statement) -> DdlSession:
+        return DdlSession(
+            event.sql_mode, event.timestamp, event.time_zone, self.source_flavor, self._ddl_settings(event)
+        )
 
     def _drop_precreated(self, conn: Connection, parsed: statements.Parsed, schema: str) -> None:
         """Tables a DDL creates (CREATE TABLE, the new name of a RENAME) that austasync already created at start-up
@@ -1503,142 +1523,6 @@ class _SchemaChanged(Exception):
         self.statement = statement
 
 
-# The binlog's Q_SQL_MODE status variable is the session's sql_mode bitmask. MariaDB's bits, read back from a
-# 10.11 server one bit at a time (SET sql_mode = 1 << n; SELECT @@sql_mode), as in its sql_class.h. The
-# combination modes (POSTGRESQL, ORACLE, MSSQL, DB2, MAXDB, MYSQL323, MYSQL40, ANSI, TRADITIONAL) have bits of
-# their own besides their parts, and the bit matters: ORACLE switches the parser (DATE is a DATETIME there)
-_MARIADB_SQL_MODE_BITS = {
-    1 << 0: "REAL_AS_FLOAT",
-    1 << 1: "PIPES_AS_CONCAT",
-    1 << 2: "ANSI_QUOTES",
-    1 << 3: "IGNORE_SPACE",
-    1 << 4: "IGNORE_BAD_TABLE_OPTIONS",
-    1 << 5: "ONLY_FULL_GROUP_BY",
-    1 << 6: "NO_UNSIGNED_SUBTRACTION",
-    1 << 7: "NO_DIR_IN_CREATE",
-    1 << 8: "POSTGRESQL",
-    1 << 9: "ORACLE",
-    1 << 10: "MSSQL",
-    1 << 11: "DB2",
-    1 << 12: "MAXDB",
-    1 << 13: "NO_KEY_OPTIONS",
-    1 << 14: "NO_TABLE_OPTIONS",
-    1 << 15: "NO_FIELD_OPTIONS",
-    1 << 16: "MYSQL323",
-    1 << 17: "MYSQL40",
-    1 << 18: "ANSI",
-    1 << 19: "NO_AUTO_VALUE_ON_ZERO",
-    1 << 20: "NO_BACKSLASH_ESCAPES",
-    1 << 21: "STRICT_TRANS_TABLES",
-    1 << 22: "STRICT_ALL_TABLES",
-    1 << 23: "NO_ZERO_IN_DATE",
-    1 << 24: "NO_ZERO_DATE",
-    1 << 25: "ALLOW_INVALID_DATES",
-    1 << 26: "ERROR_FOR_DIVISION_BY_ZERO",
-    1 << 27: "TRADITIONAL",
-    1 << 28: "NO_AUTO_CREATE_USER",
-    1 << 29: "HIGH_NOT_PRECEDENCE",
-    1 << 30: "NO_ENGINE_SUBSTITUTION",
-    1 << 31: "PAD_CHAR_TO_FULL_LENGTH",
-    1 << 32: "EMPTY_STRING_IS_NULL",
-    1 << 33: "SIMULTANEOUS_ASSIGNMENT",
-    1 << 34: "TIME_ROUND_FRACTIONAL",
-}
-# MySQL 8.0's (sql/system_variables.h): bit 32 is TIME_TRUNCATE_FRACTIONAL there, and the 5.7 modes it removed
-# (bits 8-17 and 28, its MODE_IGNORED_MASK) are dropped the way MySQL's own replica drops them: they do nothing
-_MYSQL_IGNORED_SQL_MODE_BITS = sum(1 << n for n in (*range(8, 18), 28))
-_MYSQL_SQL_MODE_BITS = {
-    **{
-        bit: name
-        for bit, name in _MARIADB_SQL_MODE_BITS.items()
-        if bit < 1 << 32 and bit != 1 << 4 and not bit & _MYSQL_IGNORED_SQL_MODE_BITS
-    },
-    1 << 32: "TIME_TRUNCATE_FRACTIONAL",
-}
-
-
-def sql_mode_names(bits: int | None, flavor: str = "mariadb") -> str | None:
-    """The ``sql_mode`` text for a binlog bitmask of a ``flavor`` ("mariadb" | "mysql") source, or None when the
-    event carried none.
-
-    Every bit is named or refused: an unknown bit (a newer server's mode) raises :class:`UncarryableValueError`
-    naming it, since running the DDL without it could build another table than the source's.
-    """
-    if bits is None:
-        return None
-    table = _MYSQL_SQL_MODE_BITS if flavor == "mysql" else _MARIADB_SQL_MODE_BITS
-    if flavor == "mysql":
-        bits &= ~_MYSQL_IGNORED_SQL_MODE_BITS
-    unknown = bits & ~sum(table)
-    if unknown:
-        numbers = ", ".join(str(n) for n in range(unknown.bit_length()) if unknown >> n & 1)
-        raise UncarryableValueError(
-            f"the statement's sql_mode 0x{bits:x} has bits austasync does not know for a {flavor} source (bit"
-            f" {numbers}): running it without them could change what it does"
-        )
-    return ",".join(name for bit, name in sorted(table.items()) if bits & bit)
-
-
-def _set_sql_mode(conn: Connection, mode: str) -> None:
-    """Set the session's sql_mode and check the server kept exactly those modes (a combination mode set by name
-    also sets its parts, so a bitmask holding ORACLE without one of them cannot be reproduced by name)."""
-    query(conn, "SET SESSION sql_mode = %s", (mode,))
-    got = str(query(conn, "SELECT @@SESSION.sql_mode")[0][0])
-    if set(filter(None, got.split(","))) != set(filter(None, mode.split(","))):
-        raise UncarryableValueError(
-            f"the target does not take the statement's sql_mode exactly: asked for {mode!r}, it has {got!r}"
-        )
-
-
-def check_ddl_sql_mode(conn: Connection, bits: int | None, flavor: str, where: str) -> None:
-    """Refuse, before anything is recorded, a DDL whose sql_mode the target cannot run it under exactly."""
-    try:
-        mode = sql_mode_names(bits, flavor)
-        if mode is None:
-            return
-        previous = str(query(conn, "SELECT @@SESSION.sql_mode")[0][0])
-        try:
-            _set_sql_mode(conn, mode)
-        finally:
-            query(conn, "SET SESSION sql_mode = %s", (previous,))
-    except UncarryableValueError as exc:
-        raise UncarryableValueError(
-            f'DDL at {where}: {exc}. Nothing was run; use on_ddl = "stop" and apply it to the target by hand'
-            " (then `austasync ddl --skip`)"
-        ) from None
-
-
-def execute_ddl(
-    conn: Connection,
-    statement: str,
-    database: str | None,
-    sql_mode: int | None,
-    timestamp: int | None = None,
-    time_zone: str | None = None,
-    flavor: str = "mariadb",
-) -> None:
-    """Run a DDL on the target as it ran on the source: its database, sql_mode, clock and time zone.
-
-    The clock matters: ``ADD COLUMN ... DEFAULT CURRENT_TIMESTAMP`` (Laravel's ``useCurrent()``) fills every
-    existing row with "now", which must be the source's moment, as a replica does with ``SET TIMESTAMP``.
-    ``flavor`` is the source's, whose bits ``sql_mode`` holds; an unknown bit refuses the statement.
-    """
-    mode = sql_mode_names(sql_mode, flavor)
-    if database:
-        query(conn, f"USE {quote_ident(database)}")
-    previous = query(conn, "SELECT @@SESSION.sql_mode, @@SESSION.time_zone")[0]
-    try:
-        if mode is not None:
-            _set_sql_mode(conn, mode)
-        if time_zone:
-            query(conn, "SET SESSION time_zone = %s", (time_zone,))
-        if timestamp:
-            query(conn, "SET SESSION timestamp = %s", (timestamp,))
-        query(conn, statement)
-    finally:
-        query(conn, "SET SESSION sql_mode = %s, time_zone = %s, timestamp = DEFAULT", (previous[0], previous[1]))
-
-
 def _check_binlog_available(conn: Connection, position: Position) -> None:
     files = [str(r[0]) for r in query(conn, "SHOW BINARY LOGS")]
     if position.file not in files:
@@ -1650,12 +1534,24 @@ def _check_binlog_available(conn: Connection, position: Position) -> None:
         )
 
 
+def _not_replayable(event: Statement) -> str | None:
+    """Why running ``event`` on the target would not do what it did on the source, or None."""
+    if not event.exact:
+        return _INEXACT
+    if event.lc_time_names:
+        return (
+            f"the source session's lc_time_names was locale number {event.lc_time_names}, not en_US, and a DDL's"
+            " expression defaults (DATE_FORMAT, MONTHNAME) fill existing rows in that language"
+        )
+    return None
+
+
 def _ddl_message(stop: dict[str, Any]) -> str:
     where = " inside the transaction" if stop.get("in_transaction") else ""
-    if stop.get("exact") is False:
+    if stop.get("not_replayable"):
         return (
             f"DDL on a replicated table at source position {stop['end']}{where} (from {stop['start']}) cannot be"
-            f" replayed exactly: {_INEXACT}. The target is checkpointed just before it. Read the statement as the"
+            f" replayed exactly: {stop['not_replayable']}. The target is checkpointed just before it. Read the statement as the"
             f" source ran it from the source's binlog (mariadb-binlog --start-position={stop['start'].split(':')[-1]}"
             f" {stop['start'].split(':')[0]}), apply the same change to the target yourself, then run"
             " `austasync ddl --config FILE --skip` and start `austasync run` again"

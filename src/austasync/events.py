@@ -122,6 +122,8 @@ class Statement:
     # the text is the statement's bytes exactly (see binlog.statements.exact_text); when False, running ``query``
     # on the target would run other text than the source ran, and judging its names may misread them
     exact: bool = True
+    auto_increment: tuple[int, int] | None = None  # the session's auto_increment_increment and _offset
+    lc_time_names: int | None = None  # the session's locale number (0 = en_US), when the event carries it
 
 
 @dataclass(frozen=True, slots=True)

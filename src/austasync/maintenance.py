@@ -6,8 +6,8 @@ Both take the Redis lease and fence the target first, so they never race a runni
 from __future__ import annotations
 
 from austasync.config import Config
-from austasync.daemon import execute_ddl
 from austasync.db import Connection, connect, query, server_flavor, setup_target_session
+from austasync.ddl_exec import DdlSession, execute_ddl
 from austasync.ddl_resume import finish
 from austasync.errors import ConfigError, UnavailableError
 from austasync.mirror import Mirror
@@ -42,10 +42,10 @@ def resolve_ddl(config: Config, action: str | None) -> str:
                 f"pending DDL at {stop['start']} (schema {stop['schema']}):\n  {stop['statement']}\n"
                 "resolve with --skip (you applied it to the target) or --exec (austasync runs it there)"
             )
-        if action == "exec" and stop.get("exact") is False:
+        if action == "exec" and stop.get("not_replayable"):
             raise ConfigError(
-                "the pending statement's text is not the one the source ran (non-ASCII text in a character set"
-                " other than UTF-8); apply it to the target by hand from the source's binlog and use --skip"
+                f"the pending statement cannot run on the target as on the source ({stop['not_replayable']});"
+                " apply it to the target by hand from the source's binlog and use --skip"
             )
         if action == "exec":
             target_db = config.replication.target_db(stop["schema"]) if stop["schema"] else None
@@ -55,15 +55,11 @@ def resolve_ddl(config: Config, action: str | None) -> str:
                 )
             # a stop recorded before the flavor was: the target's, which runs it (mixed pairs are not supported)
             flavor = stop.get("sql_mode_flavor") or server_flavor(conn)[0]
-            execute_ddl(
-                conn,
-                stop["statement"],
-                target_db,
-                stop.get("sql_mode"),
-                stop.get("timestamp"),
-                stop.get("time_zone"),
-                flavor,
+            # a stop recorded before its settings were: none (what the daemon ran such DDL under then)
+            session = DdlSession(
+                stop.get("sql_mode"), stop.get("timestamp"), stop.get("time_zone"), flavor, stop.get("settings") or {}
             )
+            execute_ddl(conn, stop["statement"], target_db, session)
         state.check_fence(conn)
         resumes = finish(state, conn, stop, checkpoint.phase)
         query(conn, "COMMIT")

@@ -446,6 +446,12 @@ def _connection_settings(db: DatabaseConfig, read_timeout: float) -> dict[str, A
 _UTF8_CHARSETS = frozenset({"utf8", "utf8mb3", "utf8mb4"})
 
 
+def _auto_increment(event: Any) -> tuple[int, int] | None:
+    increment = getattr(event, "auto_increment_increment", None)
+    offset = getattr(event, "auto_increment_offset", None)
+    return None if increment is None or offset is None else (int(increment), int(offset))
+
+
 # what backslashreplace writes for a byte that is not UTF-8 (always 0x80 or above)
 _REPLACED = re.compile(r"\\x[89a-f][0-9a-f]")
 
@@ -1073,6 +1079,8 @@ class BinlogReader:
                 time_zone=_text_or_none(getattr(event, "time_zone", None)),
                 parsed=parsed,
                 exact=exact_text(text, getattr(event, "character_set_client", None)),
+                auto_increment=_auto_increment(event),
+                lc_time_names=getattr(event, "lc_time_names_number", None),
             )
             if statement.in_transaction:
                 state.sink(self._out).append(statement)  # held with the rest of its transaction
