@@ -487,3 +487,46 @@ def test_a_ddl_from_a_session_with_another_lc_time_names_stops_under_exec(env: E
     stops_with(proc, EXIT_DDL_STOP)
     assert "lc_time_names" in env.daemon_log()
     assert [r[0] for r in env.target.execute(f"SHOW COLUMNS FROM {env.db}.t")] == ["id", "v"]
+
+
+# --- MariaDB's two-phase ALTER (binlog_alter_two_phase): each ALTER is logged at its start and at its end --------
+
+
+@pytest.fixture
+def two_phase_alter(env: Env) -> Iterator[None]:
+    env.source.execute("SET GLOBAL binlog_alter_two_phase = ON")  # the test server's global, set by the test
+    try:
+        yield
+    finally:
+        env.source.execute("SET GLOBAL binlog_alter_two_phase = OFF")
+
+
+def test_a_two_phase_alter_is_run_once_at_its_commit_and_not_at_all_when_it_rolled_back(
+    env: Env, two_phase_alter: None
+) -> None:
+    """START ALTER and COMMIT ALTER carry the same statement: run at both, ADD COLUMN would fail the second time;
+    run at a START ALTER whose ALTER then failed on the source (ROLLBACK ALTER), the target would keep a change
+    the source never made."""
+    table(env)
+    proc = streaming(env, replication={"on_ddl": "exec"})
+    run(env, "ALTER TABLE t ADD COLUMN w INT", "INSERT INTO t VALUES (100, 'v1', 7)")
+    with pytest.raises(pymysql.err.IntegrityError):
+        run(env, "ALTER TABLE t ADD UNIQUE (v)")  # 'v1' twice: the ALTER fails and is logged as rolled back
+    run(env, "INSERT INTO t VALUES (101, 'x', 8)")
+    env.wait_caught_up(proc=proc)
+    assert proc.poll() is None
+    source_ddl = env.source.execute(f"SHOW CREATE TABLE {env.db}.t")[0][1]
+    assert env.target.execute(f"SHOW CREATE TABLE {env.db}.t")[0][1] == source_ddl
+    assert same(env)
+
+
+def test_a_two_phase_alter_under_stop_stops_once(env: Env, two_phase_alter: None) -> None:
+    table(env)
+    proc = streaming(env)
+    run(env, "ALTER TABLE t ADD COLUMN w INT", "INSERT INTO t VALUES (100, 'v1', 7)")
+    stops_with(proc, EXIT_DDL_STOP)
+    assert env.run_cli("ddl", "--exec").returncode == 0
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)  # no second stop at the COMMIT ALTER's copy of the statement
+    assert proc.poll() is None
+    assert same(env)

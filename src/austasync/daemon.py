@@ -862,21 +862,13 @@ class Daemon:
         """A statement logged as text (transaction control never gets here: the reader models it). Skipped only
         when :mod:`austasync.binlog.statements` proves it touches no replicated table; DML stops; anything else
         goes to the ``on_ddl`` policy."""
-        if self._ddl_applied is not None and event.position == self._ddl_applied:
-            # run on the target before the restart that re-read its transaction (see _exec_ddl)
-            self._ddl_applied = None
-            self._count("ddl_already_applied")
+        done = self._no_effect(event)
+        if done:
+            self._count(done)
+            if not event.in_transaction and done != "ddl_already_applied":
+                applier.boundary(event.position)
             return
-        parsed = event.parsed or statements.parse(event.query, event.sql_mode)
-        verdict = statements.judge(parsed, event.schema, self.selection)
-        if (
-            verdict.action == "skip"
-            and verdict.rule in _NAME_RULES
-            and not event.exact
-            and not statements.names_are_plain(event.query, event.sql_mode)
-        ):
-            # the names it was judged by may be misread (BinlogReader's exact_text): not provably harmless
-            verdict = statements.Verdict("policy", "its names may be misread: " + _INEXACT)
+        parsed, verdict = self._judge(event)
         where = f"binlog {event.position} (default database {event.schema or 'none'})"
         if verdict.action == "stop_dml":
             self._count("stop")
@@ -946,6 +938,29 @@ class Daemon:
         self.state.save_stop(applier.conn, stop)
         query(applier.conn, "COMMIT")
         raise DdlStop(_ddl_message(stop))
+
+    def _no_effect(self, event: Statement) -> str | None:
+        """The rule by which ``event`` changes nothing on the target whatever it says, or None."""
+        if self._ddl_applied is not None and event.position == self._ddl_applied:
+            # run on the target before the restart that re-read its transaction (see _exec_ddl)
+            self._ddl_applied = None
+            return "ddl_already_applied"
+        # the source's table changes at COMMIT ALTER, and never when the ALTER rolled back; rows logged in between
+        # have the table's old shape
+        return {"start": "alter_started", "rollback": "alter_rolled_back"}.get(event.alter_phase or "")
+
+    def _judge(self, event: Statement) -> tuple[statements.Parsed, statements.Verdict]:
+        parsed = event.parsed or statements.parse(event.query, event.sql_mode)
+        verdict = statements.judge(parsed, event.schema, self.selection)
+        if (
+            verdict.action == "skip"
+            and verdict.rule in _NAME_RULES
+            and not event.exact
+            and not statements.names_are_plain(event.query, event.sql_mode)
+        ):
+            # the names it was judged by may be misread (QueryFields.exact): not provably harmless
+            verdict = statements.Verdict("policy", "its names may be misread: " + _INEXACT)
+        return parsed, verdict
 
     def _event_outcomes(self) -> dict[str, int]:
         """Every event read so far, by outcome and rule: the readers' counts plus the loop's own decisions."""
@@ -1037,6 +1052,8 @@ class Daemon:
         """The session variables a DDL runs under besides sql_mode, time zone and clock: the source's globals of
         those the event does not carry, and the event's auto_increment settings."""
         settings = dict(self.source_ddl_settings)
+        if event.explicit_defaults_for_timestamp is not None:  # the session's own value beats the global
+            settings["explicit_defaults_for_timestamp"] = str(event.explicit_defaults_for_timestamp)
         if event.auto_increment is not None:
             settings["auto_increment_increment"], settings["auto_increment_offset"] = map(str, event.auto_increment)
         return settings

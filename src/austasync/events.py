@@ -119,11 +119,15 @@ class Statement:
     sql_mode: int | None
     time_zone: str | None = None  # the session time zone it ran in, when not the server's default
     parsed: Parsed | None = None  # what austasync.binlog.statements made of it
-    # the text is the statement's bytes exactly (see binlog.statements.exact_text); when False, running ``query``
+    # the text is the statement's bytes exactly (see binlog.query.QueryFields.exact); when False, running ``query``
     # on the target would run other text than the source ran, and judging its names may misread them
     exact: bool = True
     auto_increment: tuple[int, int] | None = None  # the session's auto_increment_increment and _offset
     lc_time_names: int | None = None  # the session's locale number (0 = en_US), when the event carries it
+    # MariaDB's binlog_alter_two_phase logs an ALTER twice, at its start and at its commit (or rollback): only the
+    # "commit" one changed the source's table
+    alter_phase: str | None = None
+    explicit_defaults_for_timestamp: int | None = None  # the session's, when the event carries it (MySQL 8)
 
 
 @dataclass(frozen=True, slots=True)

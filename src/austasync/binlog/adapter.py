@@ -68,6 +68,7 @@ from pymysqlreplication.row_event import (
 
 from austasync import foreign
 from austasync.binlog import outcomes, statements
+from austasync.binlog import query as query_event
 from austasync.binlog.rowcodec import ROWS_EVENTS as _ROWS_EVENTS
 from austasync.binlog.rowcodec import ROWS_V2 as _ROWS_V2
 from austasync.binlog.rowcodec import ColumnSpec, RowsDecoder, ValueStop, first_absent, read_lenenc
@@ -444,39 +445,6 @@ def _connection_settings(db: DatabaseConfig, read_timeout: float) -> dict[str, A
 
 
 _UTF8_CHARSETS = frozenset({"utf8", "utf8mb3", "utf8mb4"})
-
-
-def _auto_increment(event: Any) -> tuple[int, int] | None:
-    increment = getattr(event, "auto_increment_increment", None)
-    offset = getattr(event, "auto_increment_offset", None)
-    return None if increment is None or offset is None else (int(increment), int(offset))
-
-
-# what backslashreplace writes for a byte that is not UTF-8 (always 0x80 or above)
-_REPLACED = re.compile(r"\\x[89a-f][0-9a-f]")
-
-
-def exact_text(text: str, client_collation: int | None) -> bool:
-    """Whether ``text``, the library's decoding of a Query event, is the statement the source ran.
-
-    The library decodes the statement's bytes as UTF-8 with ``backslashreplace``, whatever the session's
-    ``character_set_client`` was: a ``latin1`` session's ``DEFAULT 'ção'`` reads as ``DEFAULT '\\xe7\\xe3o'``,
-    and run on the target it would fill the existing rows with other text than the source's
-    (docs/DESIGN.md#rule-ddl). The text is exact when nothing was replaced (a literal ``\\xe7`` in the statement
-    counts as replaced: fail closed) and it is ASCII (the same bytes in every client character set) or the client
-    character set is UTF-8.
-    """
-    if _REPLACED.search(text):
-        return False
-    if text.isascii():
-        return True
-    if client_collation is None:
-        return False
-    try:
-        charset = pymysql.charset.charset_by_id(client_collation)
-    except KeyError:  # a collation newer than the driver's table (MariaDB 11's uca1400 ids): cannot tell
-        return False
-    return getattr(charset, "name", None) in _UTF8_CHARSETS  # the driver's stubs lack the attribute
 
 
 @dataclass(frozen=True, slots=True)
@@ -874,6 +842,16 @@ class BinlogReader:
             # binlog metadata austasync needs nothing of; the library misreads MySQL 9's tagged form, so not parsed
             self._skipped(outcomes.METADATA, Position(stream.log_file, log_pos), state)
             return
+        if etype == _QUERY and log_pos:
+            # decoded here, not by the library (binlog/query.py says why); BEGIN never gets here (_packets)
+            end = Position(stream.log_file, log_pos)
+            fields = query_event.decode(b, s + 20, e - (4 if lib.use_checksum else 0), lib.post_header(_QUERY, 13),
+                                        f"binlog {end}")  # fmt: skip
+            self._out.extend(self._query(fields, end, state, ts))
+            state.position = end
+            if not state.in_txn and not state.standalone:
+                state.boundary = end
+            return
         event = lib.event(b[s:e])
         if event is None:
             if etype != _INTVAR:  # the only type the library is told to leave out
@@ -1010,7 +988,9 @@ class BinlogReader:
         ts = int(event.timestamp)
         tally = self.tally
         if isinstance(event, QueryEvent):
-            return self._query(event, end, state, ts)
+            data = event.packet.packet.get_all_data()  # the payload: OK byte, event header, body (event_size)
+            fields = query_event.decode(data, 20, 20 + int(event.event_size), 13, f"binlog {end}")
+            return self._query(fields, end, state, ts)
         if isinstance(event, XAPrepareEvent):
             return self._xa_prepare(event, end, state, ts)
         if isinstance(event, XidEvent):
@@ -1059,28 +1039,29 @@ class BinlogReader:
 
     # --- statements logged as text: transaction control is modelled here, the rest judged by the consumer ------
 
-    def _query(self, event: Any, end: Position, state: _TxnState, ts: int) -> list[Event]:
-        text = str(event.query)
-        sql_mode = getattr(event, "sql_mode", None)
+    def _query(self, fields: query_event.QueryFields, end: Position, state: _TxnState, ts: int) -> list[Event]:
+        text = fields.text
+        sql_mode = fields.sql_mode
         parsed = statements.parse(text, sql_mode)
         if parsed.transaction_control:
             self.tally[outcomes.TRANSACTION] += 1
             out = self._transaction_statement(parsed, text, end, state, ts)
         else:
-            schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else str(event.schema)
             statement = Statement(
                 query=text.strip(),
-                schema=schema,
+                schema=fields.schema,
                 start=state.boundary,
                 position=end,
                 timestamp=ts,
                 in_transaction=state.in_txn and not state.standalone,
                 sql_mode=sql_mode,
-                time_zone=_text_or_none(getattr(event, "time_zone", None)),
+                time_zone=fields.time_zone,
                 parsed=parsed,
-                exact=exact_text(text, getattr(event, "character_set_client", None)),
-                auto_increment=_auto_increment(event),
-                lc_time_names=getattr(event, "lc_time_names_number", None),
+                exact=fields.exact,
+                auto_increment=fields.auto_increment,
+                lc_time_names=fields.lc_time_names,
+                alter_phase=fields.alter_phase,
+                explicit_defaults_for_timestamp=fields.explicit_defaults_for_timestamp,
             )
             if statement.in_transaction:
                 state.sink(self._out).append(statement)  # held with the rest of its transaction

@@ -32,6 +32,8 @@ RULES: dict[str, str] = {
     "ignorable": "skipped",
     "xa_not_replicated": "skipped",  # an XA PREPARE of a transaction that changed no replicated table
     "ddl_ignored": "skipped",  # DDL on a replicated table under on_ddl = "ignore"
+    "alter_started": "skipped",  # binlog_alter_two_phase's START ALTER: the ALTER is carried at its COMMIT ALTER
+    "alter_rolled_back": "skipped",  # binlog_alter_two_phase's ROLLBACK ALTER: the ALTER failed on the source
     "ddl_already_applied": "skipped",  # a DDL inside a transaction that was run on the target before a restart
     "account_management": "skipped",
     "table_maintenance": "skipped",
