@@ -466,6 +466,7 @@ def logged_statements(
 
     How a restart tells whether a DDL of its own, interrupted by a kill, ran (:mod:`austasync.ddl_resume`), and
     whether DDL ran on the source while the start-up read its schema (the thread id tells the sessions apart).
+    Query events are decoded by :mod:`austasync.binlog.query`, as the stream's are; the rest is stepped over.
     """
     stream = BinLogStreamReader(
         connection_settings=_connection_settings(server, 30.0),
@@ -474,27 +475,47 @@ def logged_statements(
         blocking=False,
         log_file=start.file,
         log_pos=start.pos,
-        only_events=[QueryEvent],
+        filter_non_implemented_events=False,
         freeze_schema=True,
         is_mariadb=False,  # with True the dump ignores file/pos and starts at the oldest binlog
         enable_logging=False,
         pymysql_wrapper=DriverConnection,
     )
-    found: list[LoggedStatement] = []
     try:
-        for event in stream:
-            end = Position(stream.log_file, int(event.packet.log_pos))
-            if until is not None and end > until:
-                break
-            schema = event.schema.decode("utf-8", "replace") if isinstance(event.schema, bytes) else str(event.schema)
-            found.append(
-                LoggedStatement(
-                    int(event.slave_proxy_id), str(event.query), schema, getattr(event, "sql_mode", None), end
-                )
-            )
-        return found
+        if stream.fetchone() is None:  # connects, registers, starts the dump and reads its first (rotate) event
+            return []
+        return _statements_of(stream, _Library(stream), until)
     finally:
         stream.close()
+
+
+def _statements_of(stream: Any, lib: _Library, until: Position | None) -> list[LoggedStatement]:
+    conn = stream._stream_connection
+    rfile, seq = conn._rfile, conn._next_seq_id
+    checksum = 4 if lib.use_checksum else 0
+    found: list[LoggedStatement] = []
+    buf, pos = b"", 0
+    while True:
+        b, buf, pos, seq = _read_packet(rfile, buf, pos, seq)
+        if b[0] != 0:
+            if _dump_ended(b):
+                return found
+            continue
+        _, etype, _, _, log_pos = _HEADER(b, 1)
+        end = Position(stream.log_file, log_pos)
+        if log_pos and until is not None and end > until:
+            return found
+        if etype == _QUERY and log_pos:
+            fields = query_event.decode(b, 20, len(b) - checksum, lib.post_header(_QUERY, 13), f"binlog {end}")
+            found.append(LoggedStatement(fields.thread, fields.text, fields.schema, fields.sql_mode, end))
+        elif etype == _ROTATE:
+            event = lib.event(b)
+            if event is not None:
+                stream.log_file = event.next_binlog
+        elif etype == _FORMAT_DESCRIPTION:
+            event = lib.event(b)
+            if event is not None:
+                lib.set_post_header_lengths(event.post_header_len)
 
 
 def _lost(detail: str) -> pymysql.err.OperationalError:
