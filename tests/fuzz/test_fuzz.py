@@ -234,7 +234,13 @@ def test_differential_fuzz(env: Env, tmp_path: Path) -> None:
                 raise AssertionError(
                     f"fuzz seed {seed}, round {rounds}: the sides differ (reproduce with AUSTASYNC_FUZZ_SEED={seed})\n"
                     + "\n".join(found)
-                    + (f"\nforeign write reported by daemon runs {foreign}" if foreign else "")
+                    + (f"\nforeign write reported by daemon runs {foreign}:\n" if foreign else "")
+                    + "\n".join(
+                        line[:1500]
+                        for i in foreign
+                        for line in env.daemon_log(i).splitlines()
+                        if "FOREIGN WRITE" in line or '"level": "error"' in line
+                    )
                     + f"\nstatements of the round naming those tables (all of them in {full}):\n"
                     + minimal_log(source, rounds, found)
                 )
