@@ -74,3 +74,8 @@ def test_the_text_is_exact_only_when_its_bytes_mean_the_same_as_utf8(
     status = START[:-2] if collation is None else START[:-2] + b"\x04" + struct.pack("<HHH", collation, 8, 224)
     status = status.replace(bytes.fromhex("0408000800e000"), b"") if collation is None else status
     assert decode(status, statement).exact is exact
+
+
+def test_mysqls_session_collation_for_utf8mb4_is_read() -> None:
+    # Q_DEFAULT_COLLATION_FOR_UTF8MB4 (0x12) = 45, utf8mb4_general_ci: a MySQL 8 session set for 5.7's meaning
+    assert decode(START + b"\x12" + struct.pack("<H", 45)).default_collation_for_utf8mb4 == 45

@@ -1054,6 +1054,9 @@ class Daemon:
         settings = dict(self.source_ddl_settings)
         if event.explicit_defaults_for_timestamp is not None:  # the session's own value beats the global
             settings["explicit_defaults_for_timestamp"] = str(event.explicit_defaults_for_timestamp)
+        collation = _collation_name(event.default_collation_for_utf8mb4)
+        if collation:
+            settings["default_collation_for_utf8mb4"] = collation
         if event.auto_increment is not None:
             settings["auto_increment_increment"], settings["auto_increment_offset"] = map(str, event.auto_increment)
         return settings
@@ -1551,10 +1554,25 @@ def _check_binlog_available(conn: Connection, position: Position) -> None:
         )
 
 
+def _collation_name(collation: int | None) -> str | None:
+    if collation is None:
+        return None
+    try:
+        charset = pymysql.charset.charset_by_id(collation)
+    except KeyError:
+        return None
+    return str(getattr(charset, "collation", "")) or None  # the driver's stubs lack the attribute
+
+
 def _not_replayable(event: Statement) -> str | None:
     """Why running ``event`` on the target would not do what it did on the source, or None."""
     if not event.exact:
         return _INEXACT
+    if event.default_collation_for_utf8mb4 is not None and not _collation_name(event.default_collation_for_utf8mb4):
+        return (
+            f"the source session's default_collation_for_utf8mb4 is collation {event.default_collation_for_utf8mb4},"
+            " which austasync cannot name, and CHARSET utf8mb4 without COLLATE means that collation"
+        )
     if event.lc_time_names:
         return (
             f"the source session's lc_time_names was locale number {event.lc_time_names}, not en_US, and a DDL's"

@@ -128,6 +128,7 @@ class Statement:
     # "commit" one changed the source's table
     alter_phase: str | None = None
     explicit_defaults_for_timestamp: int | None = None  # the session's, when the event carries it (MySQL 8)
+    default_collation_for_utf8mb4: int | None = None  # the session's collation id, when logged (MySQL 8)
 
 
 @dataclass(frozen=True, slots=True)

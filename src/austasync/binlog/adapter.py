@@ -1083,6 +1083,7 @@ class BinlogReader:
                 lc_time_names=fields.lc_time_names,
                 alter_phase=fields.alter_phase,
                 explicit_defaults_for_timestamp=fields.explicit_defaults_for_timestamp,
+                default_collation_for_utf8mb4=fields.default_collation_for_utf8mb4,
             )
             if statement.in_transaction:
                 state.sink(self._out).append(statement)  # held with the rest of its transaction

@@ -39,6 +39,7 @@ class QueryFields:
     time_zone: str | None = None
     lc_time_names: int | None = None  # a locale number; 0 is en_US
     explicit_defaults_for_timestamp: int | None = None  # MySQL 8 logs it
+    default_collation_for_utf8mb4: int | None = None  # MySQL 8, when the session's is not utf8mb4_0900_ai_ci
     alter_phase: str | None = None  # MariaDB binlog_alter_two_phase: "start", "commit" or "rollback"
 
     @property
@@ -89,7 +90,6 @@ _SKIPPED = {
     0x0A: 4,  # Q_MASTER_DATA_WRITTEN_CODE
     0x0D: 3,  # Q_MICROSECONDS
     0x11: 8,  # Q_DDL_LOGGED_WITH_XID
-    0x12: 2,  # Q_DEFAULT_COLLATION_FOR_UTF8MB4
     0x13: 1,  # Q_SQL_REQUIRE_PRIMARY_KEY
     0x14: 1,  # Q_DEFAULT_TABLE_ENCRYPTION
     0x80: 3,  # MariaDB's Q_HRNOW
@@ -175,6 +175,11 @@ def _explicit_defaults(b: bytes, at: int, end: int, out: dict[str, object], wher
     return at + 1
 
 
+def _utf8mb4_collation(b: bytes, at: int, end: int, out: dict[str, object], where: str) -> int:
+    out["default_collation_for_utf8mb4"] = _U16(b, at)[0]  # what CHARSET utf8mb4 without COLLATE means
+    return at + 2
+
+
 def _flags3(b: bytes, at: int, end: int, out: dict[str, object], where: str) -> int:
     # MariaDB's Q_GTID_FLAGS3; after a COMMIT or ROLLBACK ALTER, the START ALTER's sequence number
     out["alter_phase"] = _phase(b[at], where)
@@ -192,6 +197,7 @@ _READERS = {
     0x0B: _invoker,
     0x0C: _updated_dbs,
     0x10: _explicit_defaults,
+    0x12: _utf8mb4_collation,
     0x82: _flags3,
 }
 
