@@ -452,11 +452,31 @@ class Workload:
         if op < 0.25:
             name = f"x{self.rng.getrandbits(20)}"
             self.added.setdefault(table.name, []).append(name)
-            default = self.rng.choice(["INT NULL", "VARCHAR(10) NOT NULL DEFAULT 'd'", "DECIMAL(6,2) DEFAULT 1.5"])
-            return Transaction("ddl", [f"ALTER TABLE `{db}`.`{table.name}` ADD COLUMN `{name}` {default}"], ddl=True)
+            # a bare TIMESTAMP means NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE ... where the source's
+            # explicit_defaults_for_timestamp is OFF (the test sets it so for some seeds)
+            default = self.rng.choice(
+                ["INT NULL", "VARCHAR(10) NOT NULL DEFAULT 'd'", "DECIMAL(6,2) DEFAULT 1.5", "TIMESTAMP"]
+            )
+            where = self.rng.choice(["", "", " FIRST", f" AFTER `{table.columns[0].name}`" if table.columns else ""])
+            return Transaction(
+                "ddl", [f"ALTER TABLE `{db}`.`{table.name}` ADD COLUMN `{name}` {default}{where}"], ddl=True
+            )
         if op < 0.35 and self.added.get(table.name):
             name = self.added[table.name].pop()
             return Transaction("ddl", [f"ALTER TABLE `{db}`.`{table.name}` DROP COLUMN `{name}`"], ddl=True)
+        if op < 0.42 and self.added.get(table.name):
+            # retyped (existing values converted on both sides) or renamed, or made unique (refused on duplicates)
+            old_name = self.rng.choice(self.added[table.name])
+            change = self.rng.random()
+            if change < 0.4:
+                statement = f"MODIFY COLUMN `{old_name}` VARCHAR(30) NULL"
+            elif change < 0.7:
+                new_name = f"{old_name}c"
+                self.added[table.name] = [new_name if n == old_name else n for n in self.added[table.name]]
+                statement = f"CHANGE COLUMN `{old_name}` `{new_name}` VARCHAR(30) NULL"
+            else:
+                statement = f"ADD UNIQUE KEY (`{old_name}`)"
+            return Transaction("ddl", [f"ALTER TABLE `{db}`.`{table.name}` {statement}"], ddl=True)
         if op < 0.55 or not self.scratch:
             name = f"s{self.rng.getrandbits(20)}"
             self.scratch.append(name)
