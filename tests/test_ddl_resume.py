@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import pytest
 
+from austasync.position import Position
+from austasync.state import TargetState
 from conftest import Env, dump
 
 
@@ -127,3 +130,60 @@ def test_an_exec_killed_before_its_statement_was_sent_runs_it_when_the_stream_re
     assert dump(env.source, env.db, "t", "id") == dump(env.target, env.db, "t", "id")
     assert '"ran_on_target": false' in env.daemon_log()
     assert "FOREIGN WRITE" not in env.daemon_log()
+
+
+def _interrupted_start_up_ddl(env: Env, statement: str) -> tuple[str, int]:
+    """What a daemon killed during its start-up DDL leaves: the own-DDL record it began, still open, and the
+    DDL its connection ran; the target binlog position the DDL ended at."""
+    state = TargetState(env.state_schema, env.name)
+    conn = env.target.connect(autocommit=False)
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        thread = int(cur.fetchone()[0])
+    state.begin_own_ddl(conn, Position(*_target_end(env)), thread, "start-up DDL")
+    conn.commit()
+    with conn.cursor() as cur:
+        cur.execute(statement)
+    conn.close()  # killed: the record is never closed
+    return _target_end(env)
+
+
+@pytest.mark.mariadb_only
+def test_start_up_ddl_interrupted_by_a_kill_is_not_reported_as_a_foreign_write(env: Env) -> None:
+    env.extra = {"replication": {"on_ddl": "exec"}}
+    env.source.execute(f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY)", f"INSERT INTO {env.db}.t VALUES (1)")
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    # the source gained a table the stream will create; a start-up pre-created it on the target, then was killed
+    env.source.execute(f"CREATE TABLE {env.db}.u (id INT PRIMARY KEY)")
+    end = _interrupted_start_up_ddl(env, f"CREATE TABLE {env.db}.u (id INT PRIMARY KEY)")
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    time.sleep(1.5)  # the watcher has read the target's binlog past the CREATE
+    assert "FOREIGN WRITE" not in env.daemon_log()
+    closed = TargetState(env.state_schema, env.name)
+    conn = env.target.connect()
+    try:
+        assert closed.open_own_ddl(conn) == []
+        assert any(first < Position(*end) <= last for first, last, _ in closed.own_ddl(conn))
+    finally:
+        conn.close()
+
+
+@pytest.mark.mariadb_only
+def test_a_foreign_ddl_beside_an_interrupted_start_up_is_still_reported(env: Env) -> None:
+    env.source.execute(f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY)", f"INSERT INTO {env.db}.t VALUES (1)")
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    _interrupted_start_up_ddl(env, "DO 1")  # logs nothing: the record covers nothing
+    env.target.execute(f"CREATE TABLE {env.db}.intruder (id INT PRIMARY KEY)")  # another session's DDL
+    proc = env.start_daemon()
+    env.wait_caught_up(proc=proc)
+    deadline = time.monotonic() + 20
+    while "FOREIGN WRITE" not in env.daemon_log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "intruder" in env.daemon_log()

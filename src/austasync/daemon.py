@@ -316,6 +316,7 @@ class Daemon:
         touched = TouchedKeys()  # the keys written from here on, re-checked between full verifications
         self.scheduler = VerificationScheduler(self.config, self.control, self._verification_done, touched=touched)
         admin, writer = self._fence_target(source)
+        ddl_resume.close_open_own_ddl(self.config, self.state, writer, admin, self.log)
         self._refresh_foreign(force=True)  # what earlier runs recorded and nobody cleared still holds the gate
         checkpoint, resumed, fresh = self._load_checkpoint(source, admin, writer, tables)
         if resumed:
@@ -579,6 +580,12 @@ class Daemon:
         """The target tables the target lacks (and, on a first start, the views and routines), recorded as
         austasync's own DDL for the target-write watcher."""
         logged_from = binlog_end_or_none(admin)
+        row = None
+        if logged_from is not None:
+            # noted before anything runs: a kill before it is recorded as done leaves it open for the next start
+            self.state.check_fence(writer)
+            row = self.state.begin_own_ddl(writer, logged_from, connection_id(admin), "start-up DDL")
+            query(writer, "COMMIT")
         created, made = 0, list[str]()
         try:
             creates = fresh.creates if fresh else None
@@ -593,18 +600,21 @@ class Daemon:
                     self.log.info("created target views and routines", objects=made)
         finally:
             # recorded even when a later object was refused: what was created is austasync's, not a foreign write
-            if created or made:
-                self._record_start_up_ddl(admin, writer, logged_from, f"{created} tables, {len(made)} views/routines")
+            if row is not None:
+                what = f"{created} tables, {len(made)} views/routines" if created or made else ""
+                self._end_start_up_ddl(admin, writer, row, what)
 
-    def _record_start_up_ddl(
-        self, admin: Connection, writer: Connection, logged_from: Position | None, what: str
-    ) -> None:
-        """Mark the target binlog written since ``logged_from`` as austasync's own DDL for the write watcher."""
-        logged_to = binlog_end_or_none(admin)
-        if logged_from is not None and logged_to is not None:
-            self.state.check_fence(writer)
-            self.state.record_own_ddl(writer, logged_from, logged_to, f"created {what} at start-up")
-            query(writer, "COMMIT")
+    def _end_start_up_ddl(self, admin: Connection, writer: Connection, row: int, what: str) -> None:
+        """Close the own-DDL record begun before the start-up DDL at the target's binlog end; dropped when nothing
+        was created (a range would hide others' writes) or the binlog end cannot be read (the watcher may then
+        report the DDL: a false alarm, never a missed write)."""
+        logged_to = binlog_end_or_none(admin) if what else None
+        self.state.check_fence(writer)
+        if logged_to is not None:
+            self.state.end_own_ddl(writer, row, logged_to, f"created {what} at start-up")
+        else:
+            self.state.drop_own_ddl(writer, row)
+        query(writer, "COMMIT")
 
     def _republish_verification(self, writer: Connection) -> None:
         """Redis may have restarted empty: the target's record of the last verification is the truth."""

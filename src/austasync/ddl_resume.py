@@ -127,3 +127,29 @@ def recover(
         resumes_at=resumes,
     )
     return True
+
+
+def close_open_own_ddl(
+    config: Config, state: TargetState, writer: Connection, admin: Connection, log: Any,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:  # fmt: skip
+    """Close the own-DDL records a kill left open (start-up DDL begun but not recorded as done): each covers what
+    its connection logged from its start, as read back from the target's binlog, or is dropped when it logged
+    nothing. Left open (covering nothing, so the watcher may report a false foreign write, never miss one) when
+    the connection is still there or the binlog cannot be read."""
+    for row, start, thread, what in state.open_own_ddl(writer):
+        if _still_running(admin, thread, log, sleep):
+            continue
+        try:
+            logged = logged_statements(config.target, config.replication.server_id, start)
+        except Exception as exc:  # noqa: BLE001 (the record stays open: a false alarm at worst)
+            log.warning("cannot read the target's binlog to close an interrupted DDL record", error=str(exc)[:300])
+            continue
+        ends = [s.end for s in logged if s.thread == thread]
+        state.check_fence(writer)
+        if ends:
+            state.end_own_ddl(writer, row, ends[-1], what)
+        else:
+            state.drop_own_ddl(writer, row)
+        query(writer, "COMMIT")
+        log.info("closed an interrupted DDL record", what=what[:200], covers_to=str(ends[-1]) if ends else None)

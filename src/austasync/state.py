@@ -358,11 +358,47 @@ class TargetState:
             (self.migration, self.migration),
         )
 
+    def begin_own_ddl(self, conn: Connection, start: Position, thread: int, what: str) -> int:
+        """Note, before it runs, DDL that connection ``thread`` is about to run from ``start`` on: a kill before
+        :meth:`end_own_ddl` leaves the row open, and the next start closes it from the target's binlog
+        (:func:`austasync.ddl_resume.close_open_own_ddl`). An open row covers nothing for the watcher."""
+        query(
+            conn,
+            f"INSERT INTO {self.schema}.own_ddl (migration, from_file, from_pos, to_file, to_pos, statement)"
+            " VALUES (%s, %s, %s, '', 0, %s)",
+            (self.migration, start.file, start.pos, f"{_OPEN_PREFIX}{thread}: {what}"[:4000]),
+        )
+        return int(query(conn, "SELECT LAST_INSERT_ID()")[0][0])
+
+    def end_own_ddl(self, conn: Connection, row: int, end: Position, statement: str) -> None:
+        query(
+            conn,
+            f"UPDATE {self.schema}.own_ddl SET to_file = %s, to_pos = %s, statement = %s WHERE id = %s",
+            (end.file, end.pos, statement[:4000], row),
+        )
+
+    def drop_own_ddl(self, conn: Connection, row: int) -> None:
+        query(conn, f"DELETE FROM {self.schema}.own_ddl WHERE id = %s", (row,))
+
+    def open_own_ddl(self, conn: Connection) -> list[tuple[int, Position, int, str]]:
+        """(row, start, thread, what) of the DDL records a kill left open."""
+        rows = query(
+            conn,
+            f"SELECT id, from_file, from_pos, statement FROM {self.schema}.own_ddl WHERE migration = %s"
+            " AND to_file = '' ORDER BY id",
+            (self.migration,),
+        )
+        out = []
+        for row, file, pos, text in rows:
+            thread, _, what = str(text).removeprefix(_OPEN_PREFIX).partition(": ")
+            out.append((int(row), Position(str(file), int(pos)), int(thread), what))
+        return out
+
     def own_ddl(self, conn: Connection) -> list[tuple[Position, Position, str]]:
         rows = query(
             conn,
             f"SELECT from_file, from_pos, to_file, to_pos, statement FROM {self.schema}.own_ddl WHERE migration = %s"
-            " ORDER BY id",
+            " AND to_file <> '' ORDER BY id",
             (self.migration,),
         )
         return [(Position(str(r[0]), int(r[1])), Position(str(r[2]), int(r[3])), str(r[4])) for r in rows]
@@ -378,6 +414,9 @@ class TargetState:
         query(conn, f"DELETE FROM {self.schema}.state WHERE migration = %s", (self.migration,))
         query(conn, f"DELETE FROM {self.schema}.copy_cursor WHERE migration = %s", (self.migration,))
         query(conn, "COMMIT")
+
+
+_OPEN_PREFIX = "open, connection "
 
 
 def connection_id(conn: Connection) -> int:
