@@ -212,6 +212,11 @@ class ThrottleConfig:
     max_history_list_length: int = 1_000_000
     # latency of the daemon's probe read on the source, in ms; 0 = not probed
     max_probe_ms: float = 250.0
+    # past this share of a limit the copy and verification slow down in proportion to what is left of it
+    # (at 90% of a limit: half speed); 1 = only pause at the limit
+    slow_from: float = 0.8
+    # source sessions waiting on a lock of the migration's own sessions pause it (needs PROCESS to read)
+    watch_lock_waits: bool = True
 
 
 @dataclass(frozen=True)
@@ -408,6 +413,15 @@ def _pace(value: Any, where: str) -> float:
     return number
 
 
+def _slow_from(value: Any, where: str) -> float:
+    number = _float(value, where)
+    if not 0 < number <= 1:
+        raise ConfigError(
+            f"{where} must be more than 0 and at most 1 (a share of each limit; 1 = no slowing), got {number}"
+        )
+    return number
+
+
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where} must be a non-empty string")
@@ -550,6 +564,8 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             check_interval_seconds=th.get("check_interval_seconds", _float, 1.0),
             max_history_list_length=th.get("max_history_list_length", lambda v, w: _int(v, w, 0), 1_000_000),
             max_probe_ms=th.get("max_probe_ms", _float, 250.0),
+            slow_from=th.get("slow_from", _slow_from, 0.8),
+            watch_lock_waits=th.get("watch_lock_waits", _bool, True),
         ),
         http=_http(s["http"], base_dir),
         verify=VerifyConfig(

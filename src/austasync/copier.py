@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pymysql
 
+from austasync import governor
 from austasync.config import DatabaseConfig
 from austasync.db import (
     CONNECTION_CHARSET,
@@ -135,6 +136,7 @@ class SnapshotReader:
         self.cfg = source
         self.conn: Connection = connect(source, "source", raw=True)
         setup_raw_copy_session(self.conn)
+        governor.own_session(self.conn)  # a lock wait this session causes throttles the work (governor)
         # a longer joined chunk is cut with a warning, and read row by row instead
         query(self.conn, f"SET SESSION group_concat_max_len = {2 * MAX_JOINED_BYTES}")
         self.flavor, self.version = server_flavor(self.conn)
@@ -286,6 +288,7 @@ class SnapshotReader:
             return list(cur.fetchall())
 
     def close(self) -> None:
+        governor.forget_session(self.conn)
         with contextlib.suppress(Exception):  # already closed or broken: nothing left to release
             self.conn.close()
 
@@ -311,10 +314,14 @@ class ChunkPrefetcher:
         work: Sequence[tuple[Table, tuple[bytes, ...] | None]],
         limit: int,
         depth: int = 2,
+        enough: Callable[[], bool] = lambda: False,
     ) -> None:
         self.snapshot = snapshot
         self.work = list(work)
         self.limit = limit
+        # asked before each read: True ends the round after the chunks already read, which are still handed out
+        # (a chunk read and then dropped would cost the source its reading twice)
+        self.enough = enough
         self.chunks: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chunk-reader", daemon=True)
@@ -323,7 +330,7 @@ class ChunkPrefetcher:
     def _run(self) -> None:
         rotation = list(self.work)
         try:
-            while rotation and not self._stop.is_set():
+            while rotation and not self._stop.is_set() and not self.enough():
                 table, cursor = rotation.pop(0)
                 try:
                     chunk = self.snapshot.read_chunk(table, cursor, self.limit)
