@@ -179,7 +179,7 @@ def status(config_path: str, as_json: bool) -> None:
     click.echo(f"phase      {doc['phase']}   alive: {'yes' if doc['alive'] else 'NO'}")
     click.echo(f"position   {doc.get('position')}   lag {doc.get('lag_seconds')} s")
     throttle = doc.get("throttle") or {}
-    click.echo(f"throttle   {'ON: ' + throttle.get('reason', '') if throttle.get('active') else 'off'}")
+    click.echo(f"throttle   {_throttle_line(throttle)}")
     click.echo(f"source     {_governor_line(throttle)}")
     click.echo(f"holder     {(doc.get('lease') or {}).get('holder', '-')}   generation {doc.get('generation')}")
     click.echo(f"verified   {_verification_line(doc.get('last_verification'))}")
@@ -198,12 +198,30 @@ def status(config_path: str, as_json: bool) -> None:
         click.echo(f"  {name:<50} {info['rows_copied']:>12} / ~{info['rows_estimated']:<12} {mark}")
 
 
+def _throttle_line(throttle: dict[str, Any]) -> str:
+    """PAUSED (by the operator), ON (a signal over budget or unreadable), slowed (near a limit), or off."""
+    paused = throttle.get("paused")
+    if paused:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(paused.get("since") or 0)))
+        note = f": {paused['note']}" if paused.get("note") else ""
+        return f"PAUSED by {paused.get('by')} since {since}{note} (austasync throttle --resume)"
+    if throttle.get("active"):
+        return "ON: " + str(throttle.get("reason", ""))
+    if throttle.get("slowed_by"):
+        return f"slowed to {100 * float(throttle.get('pace') or 0):.0f}%: {throttle['slowed_by']}"
+    return "off"
+
+
 def _governor_line(throttle: dict[str, Any]) -> str:
     """The source signals of the last throttle check; '-' where unread (unreadable counts as over budget)."""
     history = throttle.get("source_history_list_length")
     probe = throttle.get("source_probe_seconds")
+    waits = throttle.get("source_lock_waits")
     probe_text = "-" if probe is None else f"{float(probe) * 1000:.1f} ms"
-    return f"history list {'-' if history is None else int(history)}   probe {probe_text}"
+    return (
+        f"history list {'-' if history is None else int(history)}   probe {probe_text}"
+        f"   lock waits on ours {'-' if waits is None else int(waits)}"
+    )
 
 
 def _verification_line(doc: dict[str, Any] | None) -> str:
@@ -212,6 +230,49 @@ def _verification_line(doc: dict[str, Any] | None) -> str:
     age = time.time() - float(doc.get("finished_at") or 0)
     verdict = "consistent" if doc.get("consistent") else f"DIFFERENCES: {doc.get('drift_rows')} rows"
     return f"{verdict}, {age / 60:.0f} min ago{'' if doc.get('aligned', True) else ' (not aligned: no daemon ran)'}"
+
+
+@main.command()
+@config_option
+@click.option("--pause", "action", flag_value="pause", help="Hold the copy and the daemon's verification now.")
+@click.option("--resume", "action", flag_value="resume", help="Let them go on (the governor's signals still apply).")
+@click.option("--note", default="", help="Why (shown in status and the daemon's log).")
+@click.option("--by", "by", default=None, help="Who pauses (default: the OS user@host).")
+def throttle(config_path: str, action: str | None, note: str, by: str | None) -> None:
+    """Pause or resume the running daemon's copy and verification, or show the throttle's state.
+
+    Goes through the daemon's /control/throttle/* endpoints with this configuration's [http] control_token; the
+    pause is kept in Redis, so a restarted daemon stays paused until --resume. Streaming goes on while paused,
+    and a paused copy or verification holds no snapshot on the source. `austasync verify` run by hand and the
+    cutover's check are not held. Exit 0, 3 when no daemon runs or it cannot be reached.
+    """
+    from austasync.mirror import Mirror  # noqa: PLC0415
+    from austasync.state import holder_name  # noqa: PLC0415
+    from austasync.verifier import daemon_control  # noqa: PLC0415
+
+    cfg = _load(config_path)
+
+    def call() -> dict[str, Any]:
+        mirror = Mirror(cfg.redis, cfg.replication.name)
+        mirror.ping()
+        if action is None:
+            return dict((mirror.status() or {}).get("throttle") or {})
+        if mirror.lease_holder() is None:
+            raise UnavailableError(
+                f"no daemon holds the lease of migration {cfg.replication.name!r}: nothing to pause or resume"
+            )
+        control = daemon_control(cfg, mirror.status())
+        return control.throttle(action == "pause", by or holder_name(), note)
+
+    doc = _guard(call, cfg)
+    if action == "pause":
+        kept = "" if doc.get("persisted") else " (NOT kept in Redis: a restarted daemon would not be paused)"
+        click.echo(f"paused by {doc.get('by')}{kept}; `austasync throttle --resume` resumes")
+    elif action == "resume":
+        click.echo("resumed" if doc.get("was") else "resumed (it was not paused)")
+    else:
+        click.echo(f"throttle   {_throttle_line(doc)}")
+        click.echo(f"source     {_governor_line(doc)}")
 
 
 @main.command()

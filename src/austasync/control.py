@@ -33,7 +33,16 @@ class Request:
 class Control:
     """The mailbox between HTTP handlers and the loop."""
 
-    COMMANDS = ("barrier/pause", "barrier/advance", "barrier/release", "repair", "verify/written")
+    # throttle/* are answered by the daemon in the HTTP thread (Daemon._control_call), not through this mailbox
+    COMMANDS = (
+        "barrier/pause",
+        "barrier/advance",
+        "barrier/release",
+        "repair",
+        "verify/written",
+        "throttle/pause",
+        "throttle/resume",
+    )
 
     def __init__(self) -> None:
         self.requests: queue.Queue[Request] = queue.Queue()

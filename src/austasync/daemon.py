@@ -95,6 +95,9 @@ _INEXACT = (
     "the statement holds non-ASCII text the binlog library decoded as UTF-8 while the source session's"
     " character_set_client was another (or unknown), so its text here is not what the source ran"
 )
+#: how often a copy round asks the source whether a session waits on the round's snapshot (a DDL behind its
+#: metadata lock holds back every query queued after it): one small information_schema query
+_LOCK_CHECK_SECONDS = 0.25
 FOREIGN_REFRESH_SECONDS = 2.0  # how soon an ack or a verification by another process shows in the gate
 _DRAIN_SECONDS = 0.05
 
@@ -138,7 +141,9 @@ class Daemon:
             progress=progress if progress is not None else (sys.stderr if sys.stderr.isatty() else None),
         )
         self.metrics.bind_lag(self.telemetry.lag_seconds, self.telemetry.purge_horizon_seconds)
-        self.scheduler = VerificationScheduler(config, self.control, self._verification_done)
+        self.pause = self.telemetry.pause  # the operator's (austasync throttle --pause), set from the HTTP thread
+        self._copy_resume_at = 0.0  # a paced or rate-limited copy rests until then, its snapshot closed
+        self.scheduler = VerificationScheduler(config, self.control, self._verification_done, hold=self._held)
         self._saved_verification_at = 0.0
         self.http: HttpServer | None = None
         self.control_http: HttpServer | None = None  # [http] control_listen
@@ -194,6 +199,11 @@ class Daemon:
 
     def _run(self) -> None:
         self.mirror.ping()
+        saved = self.mirror.pause()
+        if saved is not None:
+            # a pause outlives the daemon that took it: a restart must not resume a copy the operator held
+            self._set_pause(saved, persist=False)
+            self.log.warning("starting paused by the operator", **saved)
         with contextlib.suppress(Exception):  # no status in Redis: the watcher starts at the target's position
             self.telemetry.watch_resume = (self.mirror.status() or {}).get("foreign_write_watch_position")
         source, tables, fks = self._load_source()
@@ -246,7 +256,7 @@ class Daemon:
         if problem is not None:
             raise ConfigError(problem)
         endpoints = Endpoints(
-            registry=self.metrics.registry, health=self.health, ready=self.readiness, control=self.control.call
+            registry=self.metrics.registry, health=self.health, ready=self.readiness, control=self._control_call
         )
         main_policy = ControlPolicy(
             http.control_token, http.control == "disabled", is_loopback_host(http.host_port[0]), http.control_listen
@@ -267,6 +277,43 @@ class Daemon:
             control=self.telemetry.control_listen if http.control == "enabled" else "disabled",
             control_auth=self.telemetry.control_auth,
         )
+
+    def _control_call(self, command: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``/control/*`` (already authenticated by the listener's policy). The throttle's pause is answered here,
+        in the HTTP thread: it is a flag the loop and the verifier read; the rest waits for the apply loop."""
+        if command == "throttle/pause":
+            doc = {
+                "by": str(body.get("by") or "unknown")[:200],
+                "note": str(body.get("note") or "")[:500],
+                "since": self.telemetry.wall(),
+            }
+            return 200, {"paused": True, **doc, "persisted": self._set_pause(doc)}
+        if command == "throttle/resume":
+            was = self.pause.doc
+            return 200, {"paused": False, "was": was, "persisted": self._set_pause(None)}
+        return self.control.call(command, body)
+
+    def _set_pause(self, doc: dict[str, Any] | None, *, persist: bool = True) -> bool:
+        """Pause (``doc``: who, when, why) or resume; True when Redis keeps it for the next daemon."""
+        self.pause.set(doc)
+        self.metrics.paused.set(0 if doc is None else 1)
+        self.metrics.pace.set(0.0 if doc is not None else self.telemetry.throttle.pace)
+        if doc is None:
+            self.log.info("throttle: resumed by the operator")
+        else:
+            self.log.warning("throttle: paused by the operator", **doc)
+        if not persist:
+            return True
+        try:
+            self.mirror.publish_pause(doc)
+        except Exception as exc:  # noqa: BLE001 (Redis down: the pause holds in this daemon, not across a restart)
+            self.log.warning("the pause is not kept in Redis; a restarted daemon would not hold it", error=str(exc))
+            return False
+        return True
+
+    def _held(self) -> str:
+        """The operator's pause, for the verifier ("" = not paused)."""
+        return self.pause.reason
 
     def _listen(self, key: str, listen: str, endpoints: Endpoints, policy: ControlPolicy) -> HttpServer:
         host, port = split_listen(listen)
@@ -314,7 +361,9 @@ class Daemon:
         # a pipeline restart (after an exec DDL) starts from the target's state, not from the last run's memory
         self.telemetry.cursors = {}
         touched = TouchedKeys()  # the keys written from here on, re-checked between full verifications
-        self.scheduler = VerificationScheduler(self.config, self.control, self._verification_done, touched=touched)
+        self.scheduler = VerificationScheduler(
+            self.config, self.control, self._verification_done, touched=touched, hold=self._held
+        )
         admin, writer = self._fence_target(source)
         ddl_resume.close_open_own_ddl(self.config, self.state, writer, admin, self.log)
         self._refresh_foreign(force=True)  # what earlier runs recorded and nobody cleared still holds the gate
@@ -687,8 +736,8 @@ class Daemon:
             self._housekeeping(source, applier)
             if not applier.in_txn:
                 self._serve_control(applier, reader, source)
-            if snapshot is not None and not applier.in_txn and not self.telemetry.throttle.active:
-                if self._copy_round(applier, reader, snapshot, tables):
+            if snapshot is not None and not applier.in_txn and self._copy_due():
+                if self._copy_round(applier, reader, snapshot, tables, source):
                     snapshot.close()
                     snapshot = None
                     self._drop_copy_writers()
@@ -1235,8 +1284,17 @@ class Daemon:
 
     # --- bulk copy at the barrier, docs/DESIGN.md#rule-copy-barrier -------------------------------------------
 
+    def _copy_due(self) -> bool:
+        """Not throttled, not paused by the operator, not resting (a paced copy rests between snapshots)."""
+        return not self.telemetry.throttle.active and not self.pause.reason and self.clock() >= self._copy_resume_at
+
     def _copy_round(
-        self, applier: Applier, reader: BinlogReader, snapshot: SnapshotReader, tables: dict[TableId, Table]
+        self,
+        applier: Applier,
+        reader: BinlogReader,
+        snapshot: SnapshotReader,
+        tables: dict[TableId, Table],
+        source: Connection,
     ) -> bool:
         """Copy chunks in one snapshot; True once every table is copied."""
         pending = [c for c in self.telemetry.cursors.values() if not c.done]
@@ -1247,7 +1305,8 @@ class Daemon:
         try:
             if not self._advance_to(position, applier, reader):
                 return False
-            self._copy_chunks(applier, snapshot, [(tables[(c.db, c.table)], c.cursor) for c in pending], position)
+            work = [(tables[(c.db, c.table)], c.cursor) for c in pending]
+            self._copy_chunks(applier, snapshot, work, position, source)
             pending = [c for c in self.telemetry.cursors.values() if not c.done]
         finally:
             snapshot.close_snapshot()
@@ -1260,6 +1319,7 @@ class Daemon:
         snapshot: SnapshotReader,
         work: list[tuple[Table, tuple[bytes, ...] | None]],
         position: Position,
+        source: Connection,
     ) -> None:
         """Write chunks read ahead from the snapshot until every table is done or the snapshot budget is spent.
 
@@ -1267,9 +1327,14 @@ class Daemon:
         through the applier's connection and :data:`_COPY_WRITERS` - 1 more, in parallel. A table always goes
         through the same one, so its chunks commit in key order and its cursor never passes an uncommitted chunk.
         The applier stands at the snapshot's position until every chunk handed out is written.
+
+        The round stops reading (and writes what it read) when its time is up, when the operator pauses, when a
+        source session waits on a lock of ours, or when the rows/s ceiling is reached; a paced copy (the
+        governor's pace < 1) reads for that share of ``snapshot_seconds`` and then rests in proportion, like the
+        ceiling's rest, between rounds: the snapshot is closed while it rests (:meth:`_copy_due`).
         """
-        budget = self.clock() + self.config.copy.snapshot_seconds
-        copied, started = 0, self.clock()
+        pace = self.telemetry.throttle.pace if 0 < self.telemetry.throttle.pace < 1 else 1.0
+        limits = _RoundLimits(self, source, self.config.copy.snapshot_seconds * pace)
         results: queue.Queue[tuple[Table, CopyCursor, int] | BaseException] = queue.Queue()
         phase = self.telemetry.phase
 
@@ -1291,24 +1356,22 @@ class Daemon:
         lanes = [_CopyLane(write, results) for write in writers]
         lane_of = {table.id: lanes[i % len(lanes)] for i, (table, _) in enumerate(work)}
         handed: set[TableId] = set()
-        prefetcher = ChunkPrefetcher(snapshot, work, self.config.copy.chunk_rows)
+        prefetcher = ChunkPrefetcher(snapshot, work, self.config.copy.chunk_rows, enough=limits.enough)
         failure: BaseException | None = None
         try:
             for table, start, chunk in prefetcher:
                 failure = failure or self._copy_results(results, position)
-                if failure is not None:
+                if failure is not None or self.stopping:
                     break
                 cursor = None if table.id in handed else self.telemetry.cursors[table.id]
                 handed.add(table.id)
                 lane_of[table.id].put(table, start, chunk, cursor)
-                copied += chunk.count
-                self._rate_limit(copied, started)
-                if self.clock() >= budget or self.stopping:
-                    break
+                limits.handed(chunk.count)
         finally:
             for lane in lanes:
                 lane.finish()
             prefetcher.close()
+        self._copy_rest(limits.started, limits.copied, pace)
         failure = failure or self._copy_results(results, position)
         if isinstance(failure, LoadRefused):
             # the chunk was not committed and its cursor not moved: the next round reads it again, as an INSERT
@@ -1369,13 +1432,15 @@ class Daemon:
             )
         return self._chunk_writers[:wanted]
 
-    def _rate_limit(self, copied: int, started: float) -> None:
+    def _copy_rest(self, started: float, copied: int, pace: float) -> None:
+        """When the next round may start: after a rest in proportion to this round's time at a pace < 1, and long
+        enough to keep ``copy.max_rows_per_second``. The loop streams meanwhile; no snapshot is open."""
+        busy = self.clock() - started
+        rest = busy * (1 / pace - 1) if pace < 1 else 0.0
         ceiling = self.config.copy.max_rows_per_second
-        if ceiling <= 0:
-            return
-        ahead = copied / ceiling - (self.clock() - started)
-        if ahead > 0:
-            self._stop.wait(ahead)
+        if ceiling > 0:
+            rest = max(rest, copied / ceiling - busy)
+        self._copy_resume_at = self.clock() + rest
 
     def _advance_to(
         self, position: Position, applier: Applier, reader: BinlogReader, deadline: float | None = None
@@ -1454,14 +1519,64 @@ class Daemon:
             reason, signal = f"apply lag {lag:.0f}s > {self.config.throttle.max_lag_seconds:.0f}s", "lag"
         self.metrics.history_list.set(reading.history_list_length)
         self.metrics.probe_seconds.set(reading.probe_seconds)
+        self.metrics.lock_waits.set(reading.lock_waits)
         throttle = self.telemetry.throttle
         throttle.history_list_length = reading.history_list_length
         throttle.probe_seconds = reading.probe_seconds
+        throttle.lock_waits = reading.lock_waits
         if reason != throttle.reason:
             self.log.info("throttle", active=bool(reason), reason=reason)
             self.metrics.set_throttle(signal)
         throttle.active = bool(reason)
         throttle.reason = reason
+        pace, slowed_by = reading.pace, reading.slowed_by
+        limit = self.config.throttle.max_lag_seconds
+        lag_pace = governor.pace_of(lag, limit, self.config.throttle.slow_from)
+        if lag_pace < pace:
+            pace, slowed_by = lag_pace, f"apply lag {lag:.0f}s ({100 * lag / limit:.0f}% of {limit:g}s)"
+        if bool(slowed_by) != bool(throttle.slowed_by):
+            self.log.info(
+                "throttle: slowing" if slowed_by else "throttle: full speed", pace=round(pace, 2), by=slowed_by
+            )
+        throttle.pace, throttle.slowed_by = (0.0, "") if reason else (pace, slowed_by)
+        self.metrics.pace.set(0.0 if self.pause.reason else throttle.pace)
+
+
+class _RoundLimits:
+    """When a copy round stops reading: its time is up, the daemon stops or the operator pauses, the rows/s ceiling
+    is reached, or a source session waits on a lock of ours (checked every :data:`_LOCK_CHECK_SECONDS` on the
+    loop's source connection, idle while the round runs). The chunks already read are still written."""
+
+    def __init__(self, daemon: Daemon, source: Connection, seconds: float) -> None:
+        self.daemon = daemon
+        self.source = source
+        self.started = daemon.clock()
+        self.budget = self.started + seconds
+        self.ceiling = daemon.config.copy.max_rows_per_second
+        self.copied = 0
+        self.next_check = self.started + _LOCK_CHECK_SECONDS
+        self.cut = ""  # why the round stopped reading early
+
+    def enough(self) -> bool:
+        """Asked by the reader thread before each chunk it reads."""
+        d = self.daemon
+        return bool(self.cut) or d.clock() >= self.budget or d.stopping or bool(d.pause.reason)
+
+    def handed(self, rows: int) -> None:
+        """A chunk of ``rows`` was handed to a writer (the loop's thread)."""
+        d = self.daemon
+        self.copied += rows
+        if self.cut:
+            return
+        if self.ceiling > 0 and self.copied / self.ceiling > d.clock() - self.started:
+            self.cut = f"copy.max_rows_per_second {self.ceiling}"
+        elif d.config.throttle.watch_lock_waits and d.clock() >= self.next_check:
+            self.next_check = d.clock() + _LOCK_CHECK_SECONDS
+            waits, why = governor.own_lock_waits(self.source)
+            if why:
+                self.cut = why
+                d.metrics.lock_waits.set(waits)
+                d.log.warning("copy round ended early: the source waits on its snapshot", reason=why)
 
 
 class PassedPosition(UncarryableValueError):

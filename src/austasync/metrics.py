@@ -30,7 +30,7 @@ PHASES = [
     "drained",
     "promoted",
 ]
-THROTTLE_REASONS = ["threads_running", "history_list", "probe", "lag", "none"]
+THROTTLE_REASONS = ["threads_running", "history_list", "probe", "lock_waits", "lag", "none"]
 
 # name, type, labels, meaning: the README's metrics reference is generated from and tested against this
 REFERENCE: list[tuple[str, str, str, str]] = [
@@ -97,8 +97,28 @@ REFERENCE: list[tuple[str, str, str, str]] = [
         "austasync_throttle_active",
         "gauge",
         "reason",
-        "1 for the reason the copy and verification are throttled now (threads_running, history_list, probe, lag),"
-        " none=1 when not throttled; a signal that cannot be read counts as over budget.",
+        "1 for the reason the copy and verification are throttled now (threads_running, history_list, probe,"
+        " lock_waits, lag), none=1 when not throttled; a signal that cannot be read counts as over budget.",
+    ),
+    (
+        "austasync_throttle_paused",
+        "gauge",
+        "",
+        "1 while the operator's pause (`austasync throttle --pause`) holds the copy and the daemon's verification.",
+    ),
+    (
+        "austasync_throttle_pace",
+        "gauge",
+        "",
+        "Share of full speed the copy and verification take: 1 full, below 1 while a source signal is past"
+        " `[throttle] slow_from` of its limit, 0 while throttled or paused.",
+    ),
+    (
+        "austasync_source_lock_waits",
+        "gauge",
+        "",
+        "Source sessions waiting on a lock of austasync's own sessions at the last check; NaN when unreadable or"
+        " not watched.",
     ),
     (
         "austasync_source_history_list_length",
@@ -200,6 +220,11 @@ class Metrics:
         self.probe_seconds = Gauge("austasync_source_probe_seconds", "Source probe read latency.", registry=r)
         self.history_list.set(math.nan)
         self.probe_seconds.set(math.nan)
+        self.paused = Gauge("austasync_throttle_paused", "Paused by the operator.", registry=r)
+        self.pace = Gauge("austasync_throttle_pace", "Share of full speed of copy and verification.", registry=r)
+        self.pace.set(1.0)
+        self.lock_waits = Gauge("austasync_source_lock_waits", "Source sessions waiting on our locks.", registry=r)
+        self.lock_waits.set(math.nan)
         self.drift_rows = Gauge("austasync_verify_drift_rows", "Rows found different.", ["table"], registry=r)
         self.verify_success = Gauge(
             "austasync_verify_last_success_timestamp_seconds", "Last clean verification.", registry=r

@@ -10,6 +10,7 @@ Keys, for ``<p>`` = ``<key_prefix>:<migration>``:
 - ``<p>:alive``   present while the daemon's loop turns (short TTL)
 - ``<p>:status``  JSON: phase, position, lag, copy progress per table, throttle, holder, updated_at
 - ``<p>:verify``  JSON: the last verification's summary (also kept in the target's state row)
+- ``<p>:pause``   JSON: the operator's throttle pause (who, when, why), while set; a restarted daemon keeps it
 """
 
 from __future__ import annotations
@@ -130,6 +131,17 @@ class Mirror:
     def publish_verification(self, doc: dict[str, Any]) -> None:
         """The last verification's summary (``consistent``, ``finished_at``, ``drift_rows``...), for the gate."""
         self.client.set(self.key("verify"), json.dumps(doc, default=str))
+
+    def publish_pause(self, doc: dict[str, Any] | None) -> None:
+        """The operator's pause of the copy and verification (None: resumed), kept for the next daemon."""
+        if doc is None:
+            self.client.delete(self.key("pause"))
+        else:
+            self.client.set(self.key("pause"), json.dumps(doc, default=str))
+
+    def pause(self) -> dict[str, Any] | None:
+        raw = self.client.get(self.key("pause"))
+        return json.loads(str(raw)) if raw else None
 
     def publish_cutover(self, doc: dict[str, Any]) -> None:
         self.client.set(self.key("cutover"), json.dumps(doc, default=str))

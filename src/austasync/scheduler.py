@@ -58,8 +58,11 @@ class VerificationScheduler:
         touched: TouchedKeys | None = None,
         run: Callable[..., Result] = verify,
         clock: Callable[[], float] = time.monotonic,
+        hold: Callable[[], str] | None = None,
     ) -> None:
         self.config = config
+        # the operator's pause (governor.Pause.reason): a pass waits, its snapshots closed, while it is not ""
+        self.hold = hold
         self.touched = touched
         self.aligner = InProcessAligner(control)
         self.on_result = on_result
@@ -124,7 +127,7 @@ class VerificationScheduler:
         # the first pass at full speed: a fresh deployment is not ready until it is done
         pace = 1.0 if first else self.config.verify.pace
         try:
-            result = self.run_verification(self.config, self.aligner, pace=pace, sleep=self._stop.wait)
+            result = self.run_verification(self.config, self.aligner, pace=pace, sleep=self._stop.wait, hold=self.hold)
         except (AustasyncError, OSError) as exc:
             self._restore(taken)
             self.last_error = str(exc)
@@ -183,7 +186,13 @@ class VerificationScheduler:
         self._in_flight = taken
         try:
             result = self.run_verification(
-                self.config, self.aligner, only, pace=self.config.verify.pace, sleep=self._stop.wait, keys=keys
+                self.config,
+                self.aligner,
+                only,
+                pace=self.config.verify.pace,
+                sleep=self._stop.wait,
+                keys=keys,
+                hold=self.hold,
             )
         except Exception as exc:  # noqa: BLE001 (logged; the keys wait for the next pass)
             self.touched.restore(taken)

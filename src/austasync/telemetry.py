@@ -18,6 +18,7 @@ from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config
 from austasync.db import Connection, query, variable
 from austasync.foreign import MAX_PUBLISHED, Recorded
+from austasync.governor import Pause
 from austasync.metrics import Metrics
 from austasync.mirror import Mirror
 from austasync.position import Position
@@ -36,6 +37,9 @@ class Throttle:
     checked: float = 0.0
     history_list_length: float = math.nan  # NaN: unreadable or not watched (see austasync.governor)
     probe_seconds: float = math.nan
+    lock_waits: float = math.nan
+    pace: float = 1.0  # share of full speed the copy and verification take (governor.pace_of); 0 when throttled
+    slowed_by: str = ""  # the signal near its limit that slows them, when pace < 1
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Telemetry:
     progress: TextIO | None = None
     phase: str = "starting"
     throttle: Throttle = field(default_factory=Throttle)
+    pause: Pause = field(default_factory=Pause)  # the operator's, shown beside the governor's throttle
     cursors: dict[TableId, CopyCursor] = field(default_factory=dict)
     applier: Applier | None = None
     reader: BinlogReader | None = None
@@ -204,6 +209,11 @@ class Telemetry:
                 "reason": self.throttle.reason,
                 "source_history_list_length": _reading(self.throttle.history_list_length, 0),
                 "source_probe_seconds": _reading(self.throttle.probe_seconds, 6),
+                "source_lock_waits": _reading(self.throttle.lock_waits, 0),
+                "pace": 0.0 if self.pause.doc is not None else round(self.throttle.pace, 3),
+                "slowed_by": self.throttle.slowed_by,
+                # the operator's pause (who, since, note), or None
+                "paused": self.pause.doc,
             },
             "foreign_writes": self.foreign_writes,
             # each open one, with what it touched and what ends it (the count above is always complete)
@@ -271,7 +281,15 @@ class Telemetry:
         assert self.progress is not None  # noqa: S101 (checked by the caller)
         done = sum(1 for c in self.cursors.values() if c.done)
         copied = sum(c.rows_copied for c in self.cursors.values())
-        throttle = "THROTTLED: " + self.throttle.reason if self.throttle.active else ""
+        throttle = (
+            "PAUSED by the operator"
+            if self.pause.doc is not None
+            else "THROTTLED: " + self.throttle.reason
+            if self.throttle.active
+            else f"slowed to {100 * self.throttle.pace:.0f}%: {self.throttle.slowed_by}"
+            if self.throttle.slowed_by
+            else ""
+        )
         self.progress.write(
             f"\r{self.phase:<10} tables {done}/{len(self.cursors)}  rows copied {copied:>10}"
             f"  at {doc['position']}  lag {doc['lag_seconds']:6.1f}s  {throttle:<45}"

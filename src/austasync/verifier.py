@@ -69,6 +69,9 @@ MAX_CHUNK_ROWS = 10_000  # a mismatched chunk is checksummed again while narrowi
 LEAF_ROWS = 2000  # a mismatched range this small is compared row by row
 SPLIT_PARTS = 32  # a larger one is split into this many parts, all checksummed in one scan per side
 RECHECK_KEYS = 500
+#: a rest between chunks this long or longer is taken with both snapshots closed: a read view held while idle
+#: only grows the source's undo history (the governor's history list length)
+LONG_REST_SECONDS = 1.0
 ALIGN_ATTEMPTS = 3
 _ER_NO_SUCH_TABLE = 1146
 _ER_BAD_DB = 1049
@@ -177,6 +180,12 @@ class HttpAligner:
         """``POST /control/verify/written``: the keys written since the daemon's last clean full pass (see
         :meth:`austasync.scheduler.VerificationScheduler.written_since_baseline`)."""
         return self._post("verify/written", None)
+
+    def throttle(self, pause: bool, by: str = "", note: str = "") -> dict[str, Any]:
+        """``POST /control/throttle/pause`` (with who and why) or ``/control/throttle/resume``."""
+        if pause:
+            return self._post("throttle/pause", {"by": by, "note": note})
+        return self._post("throttle/resume", None)
 
     def _post(self, action: str, body: dict[str, Any] | None) -> dict[str, Any]:
         url = f"{self.base_url}/control/{action}"
@@ -552,11 +561,14 @@ class Comparison:
         clock: Callable[[], float] = time.monotonic,
         pace: float = 1.0,
         sleep: Callable[[float], object] = time.sleep,
+        hold: Callable[[], str] | None = None,
     ) -> None:
         self.config = config
         self.snaps = snapshots
         self.pace = pace
         self.sleep = sleep
+        self.hold = hold  # the operator's pause: a reason ("" = none) to wait, snapshots closed
+        self.governor_pace = 1.0  # the source's signals near their limits slow the pass further (governor)
         self.flavor = flavor
         self.throttle_conn = throttle_conn
         self.progress = progress
@@ -610,12 +622,19 @@ class Comparison:
                 self._settle(result, pending)
                 return
             lower = upper
-            self._rest(self.clock() - started)
+            rest = self._rest_for(self.clock() - started)
+            if rest >= LONG_REST_SECONDS:
+                self._settle(result, pending)
+                pending = None
+                self.snaps.close()  # reopened, aligned again, by the next chunk's _pause_due
+            if rest > 0:
+                self.sleep(rest)
 
-    def _rest(self, busy: float) -> None:
-        """At ``pace`` < 1, idle in proportion to the time the last chunk kept the servers busy."""
-        if self.pace < 1:
-            self.sleep(busy * (1 / self.pace - 1))
+    def _rest_for(self, busy: float) -> float:
+        """At a pace < 1 (``pace`` times the governor's), idle in proportion to the time the last chunk kept the
+        servers busy."""
+        pace = self.pace * self.governor_pace
+        return busy * (1 / pace - 1) if pace < 1 else 0.0
 
     def _check_keys(self, result: TableResult, keys: Sequence[tuple[str, ...]]) -> None:
         """Row hashes of both sides at these keys only, in batches; differing keys become suspects, re-checked at a
@@ -636,6 +655,8 @@ class Comparison:
     def _pause_due(self) -> bool:
         """Snapshots to renew or the source to check: both need the pipeline drained first."""
         if not self.snaps.open_now or self.clock() - self.snaps.opened_at >= self.snaps.budget:
+            return True
+        if self.hold is not None and self.hold():
             return True
         interval = self.config.throttle.check_interval_seconds
         return _governed(self.config) and self.clock() - self.throttle_checked >= interval
@@ -763,16 +784,17 @@ class Comparison:
                 result.differences.extend(Difference(k, again[k]) for k in batch if k in again)
 
     def _throttle(self) -> None:
-        """Wait while a source signal of ``[throttle]`` is over budget or unreadable (fail closed:
-        docs/DESIGN.md#rule-source-budget and :mod:`austasync.governor`)."""
-        if (
+        """Wait while the operator's pause holds or a source signal of ``[throttle]`` is over budget or unreadable
+        (fail closed: docs/DESIGN.md#rule-source-budget and :mod:`austasync.governor`)."""
+        held = self.hold is not None and bool(self.hold())
+        if not held and (
             not _governed(self.config)
             or self.clock() - self.throttle_checked < self.config.throttle.check_interval_seconds
         ):
             return
         self.throttle_checked = self.clock()
         said = ""
-        while reason := governor.read_source(self.throttle_conn, self.config.throttle).reason:
+        while reason := self._reason():
             if reason.split(" ")[:3] != said.split(" ")[:3]:  # once per signal, not once per changing reading
                 _log.warning("verification paused by the throttle", reason=reason)
                 said = reason
@@ -780,10 +802,26 @@ class Comparison:
             self.snaps.close()
             time.sleep(self.config.throttle.check_interval_seconds)
 
+    def _reason(self) -> str:
+        """Why to wait now (the operator's pause first, then the source's signals); sets the governor's pace."""
+        if self.hold is not None and (held := self.hold()):
+            return held
+        if not _governed(self.config):
+            self.governor_pace = 1.0
+            return ""
+        reading = governor.read_source(self.throttle_conn, self.config.throttle)
+        self.governor_pace = reading.pace
+        return reading.reason
+
 
 def _governed(config: Config) -> bool:
     throttle = config.throttle
-    return bool(throttle.max_threads_running or throttle.max_history_list_length or throttle.max_probe_ms)
+    return bool(
+        throttle.max_threads_running
+        or throttle.max_history_list_length
+        or throttle.max_probe_ms
+        or throttle.watch_lock_waits
+    )
 
 
 @contextlib.contextmanager
@@ -809,10 +847,12 @@ def verify(
     pace: float = 1.0,
     sleep: Callable[[float], object] = time.sleep,
     keys: Mapping[str, Collection[tuple[str, ...]]] | None = None,
+    hold: Callable[[], str] | None = None,
 ) -> Result:
     """Compare the selected replicated tables (all by default) of source and target; ``pace`` < 1 idles between
     chunks so the checksum queries take that share of the time. A table named in ``keys`` is compared at those
-    keys only (SQL literals of its key columns), each differing one named as in a full pass."""
+    keys only (SQL literals of its key columns), each differing one named as in a full pass. ``hold``: a reason
+    to wait ("" = none), asked between chunks (the daemon's operator pause)."""
     started_at, started = datetime.now(UTC), clock()
     with _connections(config) as (source, target):
         # read before any snapshot opens: a write logged up to here is in both snapshots (austasync.foreign)
@@ -825,7 +865,7 @@ def verify(
         differences = objects.compare(source, target, config) if only is None else []
         snaps = Snapshots(config, aligner, [r.table for r in results if r.unverified is None], clock)
         try:
-            Comparison(config, snaps, flavor, source, progress, clock, pace, sleep).run(results, keys or {})
+            Comparison(config, snaps, flavor, source, progress, clock, pace, sleep, hold).run(results, keys or {})
         finally:
             snaps.shutdown()
     return Result(
