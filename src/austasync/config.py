@@ -188,6 +188,9 @@ class CopyConfig:
     # The copy then costs the target a quarter less CPU (measured), but replicas and binlog backups of the
     # target never see the copied rows, so it is the operator's call
     target_binlog: bool = True
+    # who renders a chunk's row literals: "source" (CONCAT/QUOTE/GROUP_CONCAT in the source server, less daemon
+    # CPU) or "daemon" (the source only SELECTs the rows; see benchmarks/source_impact.py for the trade-off)
+    render: Literal["source", "daemon"] = "source"
 
 
 @dataclass(frozen=True)
@@ -550,6 +553,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             snapshot_seconds=cp.get("snapshot_seconds", _float, 2.0),
             max_rows_per_second=cp.get("max_rows_per_second", lambda v, w: _int(v, w, 0), 0),
             target_binlog=cp.get("target_binlog", _bool, True),
+            render=cp.get("render", _choice("source", "daemon"), "source"),
         ),
         apply=ApplyConfig(
             batch_max_rows=ap.get("batch_max_rows", lambda v, w: _int(v, w, 1), 50000),

@@ -34,7 +34,7 @@ from austasync.db import (
 from austasync.errors import UnavailableError, UncarryableValueError
 from austasync.position import Position
 from austasync.schema import SPATIAL_TYPES, Column, Table
-from austasync.sql import Kind, after_key, at_most_key, qualified, quote_ident, raw_literal, select_expr
+from austasync.sql import Kind, after_key, at_most_key, qualified, quote_ident, quoted, raw_literal, select_expr
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,21 @@ MAX_JOINED_BYTES = 4 * 1024 * 1024 - 65536
 
 
 def _row_literal(
-    table: Table, row: Sequence[bytes | None], columns: Sequence[Column], position: Position | None
+    table: Table,
+    row: Sequence[bytes | None],
+    columns: Sequence[Column],
+    position: Position | None,
+    *,
+    own_charset: bool = False,
 ) -> str:
+    """``own_charset``: text in the connection's charset goes without an introducer, as the source renders it
+    (:func:`literal_expr`); else every text literal carries its column's."""
     out = []
     for value, column in zip(row, columns, strict=True):
         try:
+            if own_charset and value is not None and column.kind is Kind.TEXT and column.charset == CONNECTION_CHARSET:
+                out.append(quoted(value, ""))
+                continue
             out.append(raw_literal(value, column.kind, column.charset))
         except UncarryableValueError as exc:
             raise UncarryableValueError(
@@ -117,6 +127,28 @@ def literal_expr(column: Column, for_load: bool = False) -> str:
     return f"IF({c} IS NULL, 'NULL', {value})"
 
 
+def _load_field(column: Column) -> Callable[[bytes | None], bytes]:
+    """How one column's LOAD DATA field is written, as :func:`literal_expr` with ``for_load`` makes the source
+    render it: NULL bare, numbers bare, temporal text and strings as ``QUOTE()`` writes them (backslash, quote, NUL
+    and ^Z escaped by a backslash, in single quotes), bytes as they are. Chosen once per column, not per value."""
+    kind = column.kind
+    if kind in (Kind.INT, Kind.DECIMAL):
+        return lambda v: b"NULL" if v is None else v
+    if kind in (Kind.FLOAT, Kind.DOUBLE):
+        return lambda v: b"NULL" if v is None else raw_literal(v, kind, column.charset).encode("ascii")
+    if kind is Kind.TEMPORAL:
+        return lambda v: b"NULL" if v is None else b"'" + v + b"'"  # digits, -, :, ., space: nothing to escape
+    return _quote_bytes
+
+
+def _quote_bytes(value: bytes | None) -> bytes:
+    if value is None:
+        return b"NULL"
+    if b"\\" in value or b"\0" in value or b"\x1a" in value or b"'" in value:
+        value = value.replace(b"\\", b"\\\\").replace(b"'", b"\\'").replace(b"\0", b"\\0").replace(b"\x1a", b"\\Z")
+    return b"'" + value + b"'"
+
+
 # kinds whose literal LOAD DATA reads exactly as INSERT does (the same string-to-value conversion of the same
 # text). Not BIT (a LOAD field is never a number for it), ENUM/SET (their index would be read as a label), the
 # fixed binary types (their text form would be taken as bytes), JSON (refuses binary text) and spatial types
@@ -132,8 +164,11 @@ def loadable(table: Table) -> bool:
 class SnapshotReader:
     """One source session that opens short-lived snapshots and reads chunks from them."""
 
-    def __init__(self, source: DatabaseConfig) -> None:
+    def __init__(self, source: DatabaseConfig, render: str = "source") -> None:
         self.cfg = source
+        # "source": the source renders each chunk's literals (CONCAT/QUOTE/GROUP_CONCAT); "daemon": it only SELECTs
+        # the raw columns and this process renders them ([copy] render, chosen by benchmarks/source_impact.py)
+        self.render = render
         self.conn: Connection = connect(source, "source", raw=True)
         setup_raw_copy_session(self.conn)
         governor.own_session(self.conn)  # a lock wait this session causes throttles the work (governor)
@@ -186,6 +221,8 @@ class SnapshotReader:
         exactly those of (cursor, last key]. Anything the server flags (a truncated or NULL row literal, any
         warning) or a marker in the text sends the chunk to the row-by-row path, which checks each value.
         """
+        if self.render == "daemon":
+            return self.render_chunk(table, cursor, limit)
         limit = min(limit, self._limits.get(table.id, limit))
         keys = ",".join(select_expr(c.name, c.kind) for c in table.key_columns)
         upper = self._select(table, keys, cursor, 1, offset=limit - 1)
@@ -260,6 +297,25 @@ class SnapshotReader:
         literals = [_row_literal(table, row, writable, self.position) for row in rows]
         last_key = tuple(rows[-1][i] for i in key_idx)
         return Chunk(literals=literals, last_key=last_key, is_last=len(rows) < limit)  # type: ignore[arg-type]
+
+    def render_chunk(self, table: Table, cursor: tuple[bytes, ...] | None, limit: int) -> Chunk:
+        """The same chunk from one plain SELECT of the raw columns, rendered here: one index range read on the
+        source and nothing else (the source-rendered path reads the range twice, the second time through CONCAT,
+        QUOTE and GROUP_CONCAT). A LOAD DATA file for loadable tables, else one INSERT literal per row."""
+        writable = table.writable
+        rows = self._select(table, ",".join(select_expr(c.name, c.kind) for c in writable), cursor, limit)
+        if not rows:
+            return Chunk(literals=[], last_key=None, is_last=True)
+        names = [c.name for c in writable]
+        key_idx = [names.index(k) for k in table.key]
+        last_key = tuple(rows[-1][i] for i in key_idx)
+        is_last = len(rows) < limit
+        if loadable(table) and not ({None, table.id} & self.insert_only):
+            fields = [_load_field(c) for c in writable]
+            data = b"\n".join(b",".join([f(v) for f, v in zip(fields, row, strict=True)]) for row in rows)
+            return Chunk(literals=[], last_key=last_key, is_last=is_last, rows=len(rows), data=data + b"\n")  # type: ignore[arg-type]
+        literals = [_row_literal(table, row, writable, self.position, own_charset=True) for row in rows]
+        return Chunk(literals=literals, last_key=last_key, is_last=is_last)  # type: ignore[arg-type]
 
     def read_rows(self, table: Table, cursor: tuple[bytes, ...] | None, limit: int) -> list[tuple[bytes | None, ...]]:
         """Raw column values (as the server renders them) of the next rows after ``cursor``."""

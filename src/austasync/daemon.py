@@ -403,7 +403,7 @@ class Daemon:
         watcher = self._start_watcher(admin)
         reader.start()
         copying = any(not c.done for c in self.telemetry.cursors.values())
-        snapshot = SnapshotReader(self.config.source) if copying else None
+        snapshot = SnapshotReader(self.config.source, self.config.copy.render) if copying else None
         self.telemetry.set_phase("copying" if snapshot else "streaming")
         applier.phase = checkpoint.phase
         if checkpoint.phase != self.telemetry.phase:

@@ -1,0 +1,547 @@
+"""What the migration costs the legacy source: its users' latency and its CPU, phase by phase (issue 16).
+
+The source `mariadbd` is pinned to CPU 0 (`taskset`); the target, Redis, the daemon, the load client and this
+script run on CPU 1. An application-like load runs on the source at a fixed rate (sysbench `oltp_read_write`,
+`--rate`, on the very tables being migrated, so the stream carries its writes), in back-to-back slices of
+`--slice-seconds`, each with its own latency histogram (sysbench prints one only when a run ends), merged per
+phase. Phases:
+
+1. ``baseline``: no migration;
+2. ``copy``: `austasync run` at default settings copying the tables (the slices that ran wholly inside the copy);
+3. ``streaming``: the same daemon caught up, streaming the load's writes;
+4. ``verify_full``: back-to-back verification passes at full speed (aligned through the daemon's barrier);
+5. ``verify_paced``: passes at the scheduled passes' default pace (``[verify] pace`` = 0.5).
+
+For each: the load's p50/p95/p99 (ms) and rate, and the source's CPU seconds (``/proc/<pid>/stat`` utime+stime)
+per second, and the migration's share above the baseline. Without load, on the same data: the source CPU seconds
+per million rows of austasync's copy and of `mydumper` (dump only: what the source pays), of a full verification
+pass and of `pt-table-sync --print`; and of the copy's chunk query rendered by the source (CONCAT/QUOTE/
+GROUP_CONCAT, the default) against a plain SELECT of the same rows rendered in the daemon (``[copy] render``).
+Prints one JSON line. The packages it needs (sysbench, mydumper, percona-toolkit) are installed with apt-get when
+missing.
+
+    python benchmarks/source_impact.py --tables 4 --rows 250000 --rate 300 --slice-seconds 5 --slices 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from austasync import config as configmod
+from austasync import log as logmod
+from austasync import verifier
+from austasync.copier import SnapshotReader
+from austasync.db import connect
+from austasync.schema import load_tables
+from servers import MariaDB, Redis, free_port
+
+SOURCE_CPU, OTHERS_CPU = 0, 1
+PACKAGES = {"sysbench": "sysbench", "mydumper": "mydumper", "pt-table-sync": "percona-toolkit"}
+_TICK = os.sysconf("SC_CLK_TCK")
+_BUCKET = re.compile(r"^\s*([0-9.]+)\s+\|[* ]*\s(\d+)\s*$")
+
+
+def ensure_packages() -> None:
+    missing = sorted({pkg for tool, pkg in PACKAGES.items() if not shutil.which(tool)})
+    if missing:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, capture_output=True, env=env)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def pin(pid: int, cpu: int) -> None:
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+class Sysbench:
+    """oltp_read_write on the source's sbtest tables."""
+
+    def __init__(self, source: MariaDB, tables: int, rows: int, threads: int, rate: int) -> None:
+        self.common = [
+            "--db-driver=mysql",
+            "--mysql-host=127.0.0.1",
+            f"--mysql-port={source.port}",
+            "--mysql-user=root",
+            "--mysql-db=sbtest",
+            f"--tables={tables}",
+            f"--table-size={rows}",
+        ]
+        self.threads, self.rate = threads, rate
+
+    def prepare(self) -> None:
+        subprocess.run(
+            ["sysbench", "oltp_read_write", *self.common, f"--threads={min(4, self.threads)}", "prepare"],
+            check=True,
+            capture_output=True,
+        )
+
+    def slice(self, seconds: int) -> dict[str, Any]:
+        """One run of ``seconds`` at the fixed rate: its histogram (ms -> count), transactions, start and end."""
+        began = time.monotonic()
+        out = subprocess.run(
+            [
+                # above the daemon and the target on CPU 1, so their work does not show as the source's latency
+                "nice",
+                "-n",
+                "-10",
+                "sysbench",
+                "oltp_read_write",
+                *self.common,
+                f"--threads={self.threads}",
+                f"--rate={self.rate}",
+                f"--time={seconds}",
+                "--histogram=on",
+                "--percentile=99",
+                "run",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        histogram: dict[float, int] = {}
+        for line in out.splitlines():
+            match = _BUCKET.match(line)
+            if match:
+                histogram[float(match.group(1))] = histogram.get(float(match.group(1)), 0) + int(match.group(2))
+        txns = re.search(r"transactions:\s+(\d+)", out)
+        return {
+            "histogram": histogram,
+            "txns": int(txns.group(1)) if txns else 0,
+            "began": began,
+            "ended": time.monotonic(),
+        }
+
+
+def percentiles(slices: list[dict[str, Any]]) -> dict[str, float]:
+    merged: dict[float, int] = {}
+    for piece in slices:
+        for value, count in piece["histogram"].items():
+            merged[value] = merged.get(value, 0) + count
+    total = sum(merged.values())
+    result: dict[str, float] = {}
+    for name, share in (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+        running = 0
+        for value in sorted(merged):
+            running += merged[value]
+            if running >= share * total:
+                result[name] = value
+                break
+    seconds = sum(p["ended"] - p["began"] for p in slices)
+    result["tps"] = round(sum(p["txns"] for p in slices) / max(seconds, 1e-9), 1)
+    result["events"] = total
+    return result
+
+
+class Phase:
+    """Source CPU and the load's slices over one phase."""
+
+    def __init__(self, name: str, source_pid: int) -> None:
+        self.name, self.pid = name, source_pid
+        self.slices: list[dict[str, Any]] = []
+        self.cpu0, self.t0, self.load0 = cpu_seconds(source_pid), time.monotonic(), loadavg()
+
+    def done(self, baseline_rate: float | None) -> dict[str, Any]:
+        seconds = time.monotonic() - self.t0
+        cpu = cpu_seconds(self.pid) - self.cpu0
+        doc: dict[str, Any] = {"seconds": round(seconds, 1), "source_cpu_s": round(cpu, 2)}
+        doc["source_cores"] = round(cpu / seconds, 3)
+        if baseline_rate is not None:
+            doc["migration_source_cpu_s"] = round(cpu - baseline_rate * seconds, 2)
+        doc.update(percentiles(self.slices) if self.slices else {})
+        doc["slices"] = len(self.slices)
+        doc["loadavg_1m"] = round((self.load0 + loadavg()) / 2, 2)
+        return doc
+
+
+def write_config(path: Path, name: str, source: MariaDB, target: MariaDB, redis: Redis, extra: str = "") -> Path:
+    path.write_text(
+        f'[source]\nport = {source.port}\nuser = "root"\n[target]\nport = {target.port}\nuser = "root"\n'
+        f'[redis]\nurl = "{redis.url}"\n[replication]\nserver_id = {hash(name) % 100000 + 1000}\n'
+        f'databases = ["sbtest"]\nname = "{name}"\n{extra}'
+    )
+    return path
+
+
+def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "austasync", "run", "--config", str(config)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def phase_of(target: MariaDB, name: str) -> str | None:
+    try:
+        rows = target.execute(f"SELECT phase FROM _austasync.state WHERE migration = '{name}'")
+    except Exception:  # noqa: BLE001 (the state schema is not created yet)
+        return None
+    return str(rows[0][0]) if rows else None
+
+
+def wait_streaming(target: MariaDB, name: str, daemon: subprocess.Popen[bytes], log: Path) -> float:
+    started = time.monotonic()
+    while phase_of(target, name) != "streaming":
+        if daemon.poll() is not None:
+            sys.exit(f"daemon exited: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def quiet_figures(
+    source: MariaDB, target: MariaDB, redis: Redis, base: Path, rows: int, threads: int
+) -> dict[str, Any]:
+    """Source CPU per million rows without load: austasync's copy and a full verification pass against mydumper and
+    pt-table-sync; the copy's chunk query rendered by the source against a plain SELECT (rendered in the daemon)."""
+    assert source.proc is not None
+    pid = source.proc.pid
+    per_m = 1e6 / rows
+    out: dict[str, Any] = {}
+
+    before = cpu_seconds(pid)
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "mydumper",
+            "--host=127.0.0.1",
+            "--user=root",
+            f"--port={source.port}",
+            f"--threads={threads}",
+            "--database=sbtest",
+            f"--outputdir={base / 'dump'}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    out["mydumper_s"] = round(time.monotonic() - started, 2)
+    out["mydumper_source_cpu_s_per_m_rows"] = round((cpu_seconds(pid) - before) * per_m, 2)
+    shutil.rmtree(base / "dump", ignore_errors=True)
+
+    for render in ("source", "daemon"):
+        name = f"quiet_{render}"
+        config = write_config(
+            base / f"{name}.toml",
+            name,
+            source,
+            target,
+            redis,
+            f'rename = {{ sbtest = "sbtest_{name}" }}\n[copy]\nrender = "{render}"\n[verify]\ninterval_seconds = 0\n'
+            '[http]\nlisten = "127.0.0.1:0"\n',
+        )
+        before = cpu_seconds(pid)
+        log = base / f"{name}.log"
+        daemon = start_daemon(config, log)
+        seconds = wait_streaming(target, name, daemon, log)
+        cpu = cpu_seconds(pid) - before
+        daemon_cpu = cpu_seconds(daemon.pid)
+        daemon.terminate()
+        daemon.wait(30)
+        out[f"austasync_copy_render_{render}_s"] = round(seconds, 2)
+        out[f"austasync_copy_render_{render}_source_cpu_s_per_m_rows"] = round(cpu * per_m, 2)
+        out[f"austasync_copy_render_{render}_daemon_cpu_s_per_m_rows"] = round(daemon_cpu * per_m, 2)
+
+    # one full verification pass, no daemon (the copied database as it is)
+    config = write_config(
+        base / "quiet_verify.toml",
+        "quiet_source",
+        source,
+        target,
+        redis,
+        'rename = { sbtest = "sbtest_quiet_source" }\n',
+    )
+    cfg = configmod.load(config)
+    before = cpu_seconds(pid)
+    started = time.monotonic()
+    result = verifier.verify(cfg, verifier.NoDaemonAligner())
+    assert result.consistent, "the quiet copy differs from the source"
+    out["austasync_verify_s"] = round(time.monotonic() - started, 2)
+    out["austasync_verify_source_cpu_s_per_m_rows"] = round((cpu_seconds(pid) - before) * per_m, 2)
+
+    before = cpu_seconds(pid)
+    started = time.monotonic()
+    for n in range(1, 100):
+        table = f"sbtest{n}"
+        if not source.execute(f"SHOW TABLES FROM sbtest LIKE '{table}'"):
+            break
+        subprocess.run(
+            [
+                "pt-table-sync",
+                "--print",
+                f"h=127.0.0.1,P={source.port},u=root,D=sbtest,t={table}",
+                f"h=127.0.0.1,P={target.port},u=root,D=sbtest_quiet_source,t={table}",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    out["pt_table_sync_s"] = round(time.monotonic() - started, 2)
+    out["pt_table_sync_source_cpu_s_per_m_rows"] = round((cpu_seconds(pid) - before) * per_m, 2)
+    out.update(chunk_queries(source, redis, base, pid))
+    return out
+
+
+def chunk_queries(source: MariaDB, redis: Redis, base: Path, pid: int) -> dict[str, Any]:
+    """The copy's chunk reads over every table in one snapshot: rendered by the source (the default) against a
+    plain SELECT of the same chunks (what daemon-side rendering asks of the source), each with the source's CPU and
+    this process's (the daemon's share of the work)."""
+    config = write_config(base / "chunks.toml", "chunks", source, source, redis)
+    cfg = configmod.load(config)
+    conn = connect(cfg.source, "source")
+    tables = list(load_tables(conn, cfg).values())
+    conn.close()
+    out: dict[str, Any] = {}
+    reader = SnapshotReader(cfg.source)
+    for mode in ("source", "plain", "daemon", "source"):  # the source's twice: the first warms the buffer pool
+        rows = 0
+        before, client = cpu_seconds(pid), time.process_time()
+        reader.open_snapshot(tables)
+        for table in tables:
+            cursor = None
+            while True:
+                if mode == "source":
+                    chunk = reader.read_chunk(table, cursor, 5000)
+                    count, cursor, last = chunk.count, chunk.last_key, chunk.is_last
+                elif mode == "plain":
+                    raw = reader.read_rows(table, cursor, 5000)
+                    count, last = len(raw), len(raw) < 5000
+                    cursor = tuple(raw[-1][: len(table.key)]) if raw else None  # type: ignore[arg-type]
+                else:
+                    chunk = reader.render_chunk(table, cursor, 5000)
+                    count, cursor, last = chunk.count, chunk.last_key, chunk.is_last
+                rows += count
+                if last or cursor is None:
+                    break
+        reader.close_snapshot()
+        per_m = 1e6 / max(rows, 1)
+        out[f"chunks_{mode}_source_cpu_s_per_m_rows"] = round((cpu_seconds(pid) - before) * per_m, 2)
+        out[f"chunks_{mode}_client_cpu_s_per_m_rows"] = round((time.process_time() - client) * per_m, 2)
+        out["chunks_rows"] = rows
+    reader.close()
+    return out
+
+
+@contextlib.contextmanager
+def servers(base: Path) -> Iterator[tuple[MariaDB, MariaDB, Redis]]:
+    (base / "tmp").mkdir()
+    # the whole data set in the buffer pool, so the phases compare CPU and not the disk
+    extra = (f"--tmpdir={base / 'tmp'}", "--innodb-buffer-pool-size=1G")
+    source = MariaDB(base / "src", 31, extra=extra)
+    target = MariaDB(base / "dst", 32, extra=extra)
+    redis = Redis(base / "redis")
+    for server in (source, target, redis):
+        server.start()
+    assert source.proc is not None
+    pin(source.proc.pid, SOURCE_CPU)
+    try:
+        yield source, target, redis
+    finally:
+        for server in (redis, target, source):
+            server.stop()
+
+
+def loaded_copy(
+    out: dict[str, Any],
+    label: str,
+    config: Path,
+    name: str,
+    servers: tuple[MariaDB, MariaDB],
+    base: Path,
+    bench: Sysbench,
+    args: argparse.Namespace,
+    rate: float,
+) -> subprocess.Popen[bytes]:
+    """A daemon started under the load, measured until every table is copied; it goes on streaming."""
+    source, target = servers
+    assert source.proc is not None
+    pid = source.proc.pid
+    log = base / f"{name}.log"
+    copy = Phase(label, pid)
+    copied = threading.Event()
+    loader = threading.Thread(target=run_slices, args=(copy, bench, args.slice_seconds, copied, 0))
+    daemon = start_daemon(config, log)
+    loader.start()
+    copy_seconds = wait_streaming(target, name, daemon, log)
+    copy_cpu = cpu_seconds(pid) - copy.cpu0
+    copied.set()
+    out[label] = copy.done(rate)
+    out[label]["copy_seconds"] = round(copy_seconds, 1)
+    out[label]["migration_source_cpu_s_per_m_rows"] = round(
+        (copy_cpu - rate * copy_seconds) * 1e6 / (args.tables * args.rows), 2
+    )
+    loader.join()  # the slice that outlived the copy ends; the daemon streams meanwhile
+    return daemon
+
+
+def run_slices(phase: Phase, bench: Sysbench, seconds: int, until: threading.Event | None, count: int) -> None:
+    """``count`` slices, or slices until ``until`` is set (then only those that ended before it count)."""
+    while True:
+        piece = bench.slice(seconds)
+        if until is not None:
+            if until.is_set():
+                return  # this slice outlived the phase
+            phase.slices.append(piece)
+            continue
+        phase.slices.append(piece)
+        if len(phase.slices) >= count:
+            return
+
+
+def loaded_phases(
+    source: MariaDB, target: MariaDB, redis: Redis, base: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    assert source.proc is not None
+    pid = source.proc.pid
+    bench = Sysbench(source, args.tables, args.rows, args.threads, args.rate)
+    out: dict[str, Any] = {}
+    baseline = Phase("baseline", pid)
+    run_slices(baseline, bench, args.slice_seconds, None, args.slices)
+    out["baseline"] = baseline.done(None)
+    rate = out["baseline"]["source_cores"]
+
+    # the render that is not the default first, into a database of its own, by a daemon stopped once copied
+    other = "daemon" if configmod.CopyConfig().render == "source" else "source"
+    name = f"loaded_{other}"
+    config = write_config(
+        base / f"{name}.toml",
+        name,
+        source,
+        target,
+        redis,
+        f'rename = {{ sbtest = "sbtest_{name}" }}\n[copy]\nrender = "{other}"\n[verify]\ninterval_seconds = 0\n'
+        '[http]\nlisten = "127.0.0.1:0"\n',
+    )
+    daemon = loaded_copy(out, f"copy_render_{other}", config, name, (source, target), base, bench, args, rate)
+    daemon.terminate()
+    daemon.wait(30)
+
+    port = free_port()
+    name = "impact"
+    config = write_config(
+        base / f"{name}.toml",
+        name,
+        source,
+        target,
+        redis,
+        f'[verify]\ninterval_seconds = 0\n[http]\nlisten = "127.0.0.1:{port}"\n',
+    )
+    daemon = loaded_copy(out, "copy", config, name, (source, target), base, bench, args, rate)
+    out["copy"]["render"] = configmod.CopyConfig().render
+
+    streaming = Phase("streaming", pid)
+    run_slices(streaming, bench, args.slice_seconds, None, args.slices)
+    out["streaming"] = streaming.done(rate)
+
+    cfg = configmod.load(config)
+    aligner = verifier.HttpAligner(f"http://127.0.0.1:{port}")
+    for label, pace in (("verify_full", 1.0), ("verify_paced", cfg.verify.pace)):
+        phase = Phase(label, pid)
+        stop = threading.Event()
+        checked: list[int] = []
+        cpu_in_passes: list[float] = []
+        worker = threading.Thread(
+            target=verify_passes, args=(cfg, aligner, pace, (pid, rate), stop, checked, cpu_in_passes)
+        )
+        worker.start()
+        run_slices(phase, bench, args.slice_seconds, None, args.slices)
+        stop.set()
+        worker.join()
+        out[label] = phase.done(rate)
+        out[label]["passes"] = len(checked)
+        out[label]["migration_source_cpu_s_per_m_rows"] = round(sum(cpu_in_passes) * 1e6 / max(1, sum(checked)), 2)
+    daemon.terminate()
+    daemon.wait(30)
+    for label in ("copy", f"copy_render_{other}", "streaming", "verify_full", "verify_paced"):
+        out[label]["p99_vs_baseline"] = round(out[label].get("p99_ms", 0) / out["baseline"]["p99_ms"], 2)
+    return out
+
+
+def verify_passes(
+    cfg: configmod.Config,
+    aligner: verifier.Aligner,
+    pace: float,
+    source: tuple[int, float],
+    stop: threading.Event,
+    checked: list[int],
+    cpu: list[float],
+) -> None:
+    """Verification passes back to back until ``stop``: rows checked and the source's CPU above its baseline rate."""
+    pid, rate = source
+    while not stop.is_set():
+        before, began = cpu_seconds(pid), time.monotonic()
+        result = verifier.verify(cfg, aligner, pace=pace)
+        assert result.consistent, "the target differs from the source"
+        checked.append(sum(t.rows_checked for t in result.tables))
+        cpu.append(cpu_seconds(pid) - before - rate * (time.monotonic() - began))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tables", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=250_000)
+    parser.add_argument("--rate", type=int, default=300, help="sysbench transactions per second on the source")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--slice-seconds", type=int, default=5)
+    parser.add_argument("--slices", type=int, default=6, help="slices per phase (the copy's: as long as it lasts)")
+    parser.add_argument("--mydumper-threads", type=int, default=2)
+    parser.add_argument("--skip-quiet", action="store_true", help="only the loaded phases")
+    args = parser.parse_args()
+    ensure_packages()
+    logmod.configure(configmod.LogConfig(level="warning"))  # the in-process verifier's log, off stdout's JSON line
+    os.sched_setaffinity(0, {OTHERS_CPU})  # this script and everything it starts; the source is moved to CPU 0
+    base = Path(tempfile.mkdtemp(prefix="austasync-impact-", dir=os.environ.get("AUSTASYNC_BENCH_DIR")))
+    started = time.monotonic()
+    try:
+        with servers(base) as (source, target, redis):
+            bench = Sysbench(source, args.tables, args.rows, args.threads, args.rate)
+            source.execute("CREATE DATABASE sbtest")
+            bench.prepare()
+            source.execute("ANALYZE TABLE " + ", ".join(f"sbtest.sbtest{n}" for n in range(1, args.tables + 1)))
+            results: dict[str, Any] = {
+                "tables": args.tables,
+                "rows_per_table": args.rows,
+                "rate": args.rate,
+                "threads": args.threads,
+            }
+            if not args.skip_quiet:
+                results["quiet"] = quiet_figures(
+                    source, target, redis, base, args.tables * args.rows, args.mydumper_threads
+                )
+            results["loaded"] = loaded_phases(source, target, redis, base, args)
+            results.update(
+                machine=f"{os.cpu_count()} cores",
+                date=time.strftime("%Y-%m-%d"),
+                total_s=round(time.monotonic() - started),
+            )
+            print(json.dumps(results))
+    finally:
+        if os.environ.get("AUSTASYNC_BENCH_KEEP"):
+            print(f"kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
