@@ -105,8 +105,8 @@ def test_drift_met_by_a_batch_of_the_writer_thread_stops_at_the_checkpoint_befor
 
 def test_rows_too_wide_to_join_on_the_source_are_copied_exactly(env: Env) -> None:
     """A chunk the source cannot join within its limit is read row by row, and the table's next chunks are
-    made small enough to be joined again."""
-    env.extra = {"copy": {"chunk_rows": 200}}
+    made small enough to be joined again (``[copy] render = "source"``: the source joins the chunks)."""
+    env.extra = {"copy": {"chunk_rows": 200, "render": "source"}}
     env.source.execute(
         f"CREATE TABLE {env.db}.wide (id INT PRIMARY KEY, body MEDIUMBLOB NOT NULL, note VARCHAR(10))",
         f"INSERT INTO {env.db}.wide SELECT seq, RANDOM_BYTES(1000), IF(seq % 7 = 0, NULL, 'n')"
@@ -188,8 +188,11 @@ _AWKWARD = [
 ]
 
 
-def test_chunks_loaded_as_files_carry_every_byte_and_every_kind_exactly(env: Env) -> None:
-    """Tables of plain columns are copied by LOAD DATA from memory; the bytes must be those an INSERT writes."""
+@pytest.mark.parametrize("render", ["daemon", "source"])
+def test_chunks_loaded_as_files_carry_every_byte_and_every_kind_exactly(env: Env, render: str) -> None:
+    """Tables of plain columns are copied by LOAD DATA from memory; the bytes must be those an INSERT writes,
+    whoever renders the file's fields (``[copy] render``)."""
+    env.extra = {"copy": {"render": render}}
     env.source.execute(
         f"CREATE TABLE {env.db}.t (id INT PRIMARY KEY, s VARCHAR(100) CHARACTER SET utf8mb4 NULL,"
         " l VARCHAR(60) CHARACTER SET latin1 NULL, sj VARCHAR(20) CHARACTER SET sjis NULL, b VARBINARY(64) NULL,"

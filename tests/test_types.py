@@ -577,11 +577,13 @@ def test_every_type_survives_copy_and_stream(tenv: Env) -> None:
         conn.close()
 
 
-def test_every_type_survives_a_copy_rendered_by_the_daemon(tenv: Env) -> None:
-    """``[copy] render = "daemon"``: the source only SELECTs the raw columns; the daemon writes the literals and
-    LOAD DATA fields the source would have (quotes, backslashes, NUL, ^Z, newlines, NULL, every type)."""
+@pytest.mark.parametrize("render", ["daemon", "source"])
+def test_every_type_survives_a_copy_rendered_by_either_side(tenv: Env, render: str) -> None:
+    """``[copy] render``: "daemon" (the default) SELECTs the raw columns and writes the literals and LOAD DATA
+    fields in Python; "source" has the source render them. Both must carry quotes, backslashes, NUL, ^Z,
+    newlines, NULL and every type exactly."""
     env = tenv
-    env.extra["copy"] = {"render": "daemon"}
+    env.extra["copy"] = {"render": render}
     FAMILIES = families(env)
     conn = source_session(env)
     try:

@@ -188,9 +188,12 @@ class CopyConfig:
     # The copy then costs the target a quarter less CPU (measured), but replicas and binlog backups of the
     # target never see the copied rows, so it is the operator's call
     target_binlog: bool = True
-    # who renders a chunk's row literals: "source" (CONCAT/QUOTE/GROUP_CONCAT in the source server, less daemon
-    # CPU) or "daemon" (the source only SELECTs the rows; see benchmarks/source_impact.py for the trade-off)
-    render: Literal["source", "daemon"] = "source"
+    # who renders a chunk's row literals. "daemon": the source only SELECTs the rows, 0.57 s of source CPU per
+    # million sysbench rows copied; "source": CONCAT/QUOTE/GROUP_CONCAT in the source server, 1.40 s (its chunk
+    # query costs it 2.6x a plain SELECT of the same rows), for a fifth of the daemon's CPU (1.2 s against 6.7 s)
+    # and a faster copy where the daemon's core is the limit (benchmarks/source_impact.py, 2026-12-07). The
+    # migration must not take the source's CPU; the daemon's host is the one to spend
+    render: Literal["source", "daemon"] = "daemon"
 
 
 @dataclass(frozen=True)
@@ -553,7 +556,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             snapshot_seconds=cp.get("snapshot_seconds", _float, 2.0),
             max_rows_per_second=cp.get("max_rows_per_second", lambda v, w: _int(v, w, 0), 0),
             target_binlog=cp.get("target_binlog", _bool, True),
-            render=cp.get("render", _choice("source", "daemon"), "source"),
+            render=cp.get("render", _choice("source", "daemon"), "daemon"),
         ),
         apply=ApplyConfig(
             batch_max_rows=ap.get("batch_max_rows", lambda v, w: _int(v, w, 1), 50000),

@@ -90,8 +90,9 @@ def _row_literal(
 def literal_expr(column: Column, for_load: bool = False) -> str:
     """SQL that makes the *source* render the column's exact literal, so Python only joins text.
 
-    Rendering in Python cost 2.2 s per 250k sysbench rows against 1.2 s for reading them (measured here); the
-    server does the same escaping in C. Text is cast to binary before CONCAT, so no charset conversion can touch
+    Used with ``[copy] render = "source"``. Rendering in Python cost 2.2 s per 250k sysbench rows against 1.2 s
+    for reading them (measured here, before the per-column renderers of :meth:`SnapshotReader.render_chunk`); the
+    server does the same escaping in C, but on the source's CPU: 2.6x a plain SELECT's (benchmarks/README.md). Text is cast to binary before CONCAT, so no charset conversion can touch
     its bytes, and gets the column's charset introducer; binary strings get ``_binary``. ``for_load``: a field of
     a LOAD DATA file, whose bytes are taken as they are (CHARACTER SET binary) and which has no introducers.
     """
@@ -164,7 +165,7 @@ def loadable(table: Table) -> bool:
 class SnapshotReader:
     """One source session that opens short-lived snapshots and reads chunks from them."""
 
-    def __init__(self, source: DatabaseConfig, render: str = "source") -> None:
+    def __init__(self, source: DatabaseConfig, render: str = "daemon") -> None:
         self.cfg = source
         # "source": the source renders each chunk's literals (CONCAT/QUOTE/GROUP_CONCAT); "daemon": it only SELECTs
         # the raw columns and this process renders them ([copy] render, chosen by benchmarks/source_impact.py)
