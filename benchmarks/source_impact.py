@@ -1,26 +1,32 @@
 """What the migration costs the legacy source: its users' latency and its CPU, phase by phase (issue 16).
 
-The source `mariadbd` is pinned to CPU 0 (`taskset`); the target, Redis, the daemon, the load client and this
-script run on CPU 1. An application-like load runs on the source at a fixed rate (sysbench `oltp_read_write`,
-`--rate`, on the very tables being migrated, so the stream carries its writes), in back-to-back slices of
-`--slice-seconds`, each with its own latency histogram (sysbench prints one only when a run ends), merged per
-phase. Phases:
+The source `mariadbd` is pinned to CPU 0 (`taskset`, at nice -10 so that other jobs of a shared machine landing
+on CPU 0 yield to it); the target, Redis, the daemon, the load client and this script run on CPU 1. An
+application-like load runs on the source at a fixed rate (sysbench `oltp_read_write --rate`, nice -10, on the
+very tables being migrated, so the stream carries its writes), in slices of `--slice-seconds`, each with its own
+latency histogram (sysbench prints one only when a run ends), merged per phase.
+
+Within each migration phase the slices alternate: one with the migration's work running ("on"), one with it held
+("off"), so whatever else runs on the machine weighs on both alike; ``p99_on_vs_off`` is the phase's figure.
+``p99_vs_baseline`` compares with the slices of the first phase instead (no daemon at all). Phases:
 
 1. ``baseline``: no migration;
-2. ``copy``: `austasync run` at default settings copying the tables (the slices that ran wholly inside the copy);
-3. ``streaming``: the same daemon caught up, streaming the load's writes;
+2. ``copy_render_source`` and ``copy``: `austasync run` at default settings copying the tables, held by its own
+   `/control/throttle/pause` between slices; ``copy`` has the default ``[copy] render`` (the daemon renders),
+   the other the source rendering (each into a database of its own);
+3. ``streaming``: the second daemon caught up, streaming the load's writes, held by SIGSTOP (the next "on"
+   slice then catches up what was held: a little more than steady streaming);
 4. ``verify_full``: back-to-back verification passes at full speed (aligned through the daemon's barrier);
 5. ``verify_paced``: passes at the scheduled passes' default pace (``[verify] pace`` = 0.5).
 
-For each: the load's p50/p95/p99 (ms) and rate, and the source's CPU seconds (``/proc/<pid>/stat`` utime+stime)
-per second, and the migration's share above the baseline. Without load, on the same data: the source CPU seconds
-per million rows of austasync's copy and of `mydumper` (dump only: what the source pays), of a full verification
-pass and of `pt-table-sync --print`; and of the copy's chunk query rendered by the source (CONCAT/QUOTE/
-GROUP_CONCAT, the default) against a plain SELECT of the same rows rendered in the daemon (``[copy] render``).
-Prints one JSON line. The packages it needs (sysbench, mydumper, percona-toolkit) are installed with apt-get when
-missing.
+Per phase: the load's p50/p95/p99 (ms) and rate on and off, the source's CPU (``/proc/<pid>/stat`` utime+stime)
+per second on and off, and the InnoDB history list length's maximum. Without load, on the same data: the source
+CPU seconds per million rows of austasync's copy (both renders) and of `mydumper` (dump only: what the source
+pays), of a full verification pass and of `pt-table-sync --print`, and of the copy's chunk queries: rendered by
+the source (CONCAT/QUOTE/GROUP_CONCAT) against a plain SELECT of the same rows. Prints one JSON line. The packages
+it needs (sysbench, mydumper, percona-toolkit) are installed with apt-get when missing.
 
-    python benchmarks/source_impact.py --tables 4 --rows 250000 --rate 300 --slice-seconds 5 --slices 6
+    python benchmarks/source_impact.py --tables 4 --rows 400000 --rate 300 --slice-seconds 3 --slices 8
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +61,7 @@ from servers import MariaDB, Redis, free_port
 SOURCE_CPU, OTHERS_CPU = 0, 1
 PACKAGES = {"sysbench": "sysbench", "mydumper": "mydumper", "pt-table-sync": "percona-toolkit"}
 _TICK = os.sysconf("SC_CLK_TCK")
+SETTLE_SECONDS = 1.0
 _BUCKET = re.compile(r"^\s*([0-9.]+)\s+\|[* ]*\s(\d+)\s*$")
 
 
@@ -70,8 +79,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def pin(pid: int, cpu: int) -> None:
+def pin(pid: int, cpu: int, nice: int = 0) -> None:
+    """Every thread of ``pid`` on ``cpu``; with ``nice``, at that priority too (new threads inherit both)."""
     subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, capture_output=True)
+    if nice:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
 
 def loadavg() -> float:
@@ -157,25 +170,85 @@ def percentiles(slices: list[dict[str, Any]]) -> dict[str, float]:
     return result
 
 
+HISTORY = "SELECT `COUNT` FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'"
+
+
 class Phase:
-    """Source CPU and the load's slices over one phase."""
+    """The load's slices over one phase, with the migration's work running ("on") and, alternately, held ("off"):
+    both see the same machine, so other jobs on a shared box weigh on both alike. Also the source's CPU per slice
+    and its InnoDB history list length (sampled every 0.5 s)."""
 
-    def __init__(self, name: str, source_pid: int) -> None:
-        self.name, self.pid = name, source_pid
-        self.slices: list[dict[str, Any]] = []
-        self.cpu0, self.t0, self.load0 = cpu_seconds(source_pid), time.monotonic(), loadavg()
+    def __init__(self, name: str, source: MariaDB) -> None:
+        assert source.proc is not None
+        self.name, self.pid = name, source.proc.pid
+        self.on: list[dict[str, Any]] = []
+        self.off: list[dict[str, Any]] = []
+        self.cpu0, self.t0, self.load0 = cpu_seconds(self.pid), time.monotonic(), loadavg()
+        self.history: list[int] = []
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, args=(source,), daemon=True)
+        self._sampler.start()
 
-    def done(self, baseline_rate: float | None) -> dict[str, Any]:
+    def _sample(self, source: MariaDB) -> None:
+        conn = source.connect()
+        try:
+            while not self._stop.wait(0.5):
+                with conn.cursor() as cur:
+                    cur.execute(HISTORY)
+                    self.history.append(int(cur.fetchone()[0]))
+        finally:
+            conn.close()
+
+    def slice(self, bench: Sysbench, seconds: int) -> dict[str, Any]:
+        before = cpu_seconds(self.pid)
+        piece = bench.slice(seconds)
+        piece["source_cpu_s"] = cpu_seconds(self.pid) - before
+        return piece
+
+    def done(self) -> dict[str, Any]:
+        self._stop.set()
+        self._sampler.join()
         seconds = time.monotonic() - self.t0
-        cpu = cpu_seconds(self.pid) - self.cpu0
-        doc: dict[str, Any] = {"seconds": round(seconds, 1), "source_cpu_s": round(cpu, 2)}
-        doc["source_cores"] = round(cpu / seconds, 3)
-        if baseline_rate is not None:
-            doc["migration_source_cpu_s"] = round(cpu - baseline_rate * seconds, 2)
-        doc.update(percentiles(self.slices) if self.slices else {})
-        doc["slices"] = len(self.slices)
+        doc: dict[str, Any] = {"seconds": round(seconds, 1), "history_list_max": max(self.history, default=None)}
+        for label, pieces in (("on", self.on), ("off", self.off)):
+            if pieces:
+                doc[label] = percentiles(pieces)
+                busy = sum(p["ended"] - p["began"] for p in pieces)
+                doc[label]["source_cores"] = round(sum(p["source_cpu_s"] for p in pieces) / busy, 3)
+                doc[label]["slices"] = len(pieces)
+        if self.on and self.off:
+            doc["p99_on_vs_off"] = round(doc["on"]["p99_ms"] / doc["off"]["p99_ms"], 2)
+            doc["p95_on_vs_off"] = round(doc["on"]["p95_ms"] / doc["off"]["p95_ms"], 2)
+            doc["migration_source_cores"] = round(doc["on"]["source_cores"] - doc["off"]["source_cores"], 3)
+        doc["source_cpu_s"] = round(cpu_seconds(self.pid) - self.cpu0, 2)
         doc["loadavg_1m"] = round((self.load0 + loadavg()) / 2, 2)
         return doc
+
+
+def alternate(
+    phase: Phase,
+    bench: Sysbench,
+    seconds: int,
+    switch: tuple[Callable[[], object], Callable[[], object]],
+    pairs: int,
+    over: Callable[[], bool] = lambda: False,
+) -> None:
+    """``pairs`` times (or until ``over()``): a slice with the work running, then one with it held. Each switch is
+    given :data:`SETTLE_SECONDS` to take effect (a round or a chunk under way ends) before its slice starts; an
+    "on" slice during which the work ended does not count."""
+    on, off = switch
+    for _ in range(pairs):
+        if over():
+            return
+        on()
+        time.sleep(SETTLE_SECONDS)
+        piece = phase.slice(bench, seconds)
+        if over():
+            return
+        phase.on.append(piece)
+        off()
+        time.sleep(SETTLE_SECONDS)
+        phase.off.append(phase.slice(bench, seconds))
 
 
 def write_config(path: Path, name: str, source: MariaDB, target: MariaDB, redis: Redis, extra: str = "") -> Path:
@@ -313,8 +386,9 @@ def chunk_queries(source: MariaDB, redis: Redis, base: Path, pid: int) -> dict[s
     tables = list(load_tables(conn, cfg).values())
     conn.close()
     out: dict[str, Any] = {}
-    reader = SnapshotReader(cfg.source)
-    for mode in ("source", "plain", "daemon", "source"):  # the source's twice: the first warms the buffer pool
+    reader = SnapshotReader(cfg.source, "source")  # read_chunk renders on the source; render_chunk here
+    # the source's twice: the first warms the buffer pool; plain also in chunks of 50,000 (per-query overhead)
+    for mode, limit in (("source", 5000), ("plain", 5000), ("daemon", 5000), ("source", 5000), ("plain", 50000)):
         rows = 0
         before, client = cpu_seconds(pid), time.process_time()
         reader.open_snapshot(tables)
@@ -322,22 +396,23 @@ def chunk_queries(source: MariaDB, redis: Redis, base: Path, pid: int) -> dict[s
             cursor = None
             while True:
                 if mode == "source":
-                    chunk = reader.read_chunk(table, cursor, 5000)
+                    chunk = reader.read_chunk(table, cursor, limit)
                     count, cursor, last = chunk.count, chunk.last_key, chunk.is_last
                 elif mode == "plain":
-                    raw = reader.read_rows(table, cursor, 5000)
-                    count, last = len(raw), len(raw) < 5000
+                    raw = reader.read_rows(table, cursor, limit)
+                    count, last = len(raw), len(raw) < limit
                     cursor = tuple(raw[-1][: len(table.key)]) if raw else None  # type: ignore[arg-type]
                 else:
-                    chunk = reader.render_chunk(table, cursor, 5000)
+                    chunk = reader.render_chunk(table, cursor, limit)
                     count, cursor, last = chunk.count, chunk.last_key, chunk.is_last
                 rows += count
                 if last or cursor is None:
                     break
         reader.close_snapshot()
         per_m = 1e6 / max(rows, 1)
-        out[f"chunks_{mode}_source_cpu_s_per_m_rows"] = round((cpu_seconds(pid) - before) * per_m, 2)
-        out[f"chunks_{mode}_client_cpu_s_per_m_rows"] = round((time.process_time() - client) * per_m, 2)
+        label = mode if limit == 5000 else f"{mode}_{limit}"
+        out[f"chunks_{label}_source_cpu_s_per_m_rows"] = round((cpu_seconds(pid) - before) * per_m, 2)
+        out[f"chunks_{label}_client_cpu_s_per_m_rows"] = round((time.process_time() - client) * per_m, 2)
         out["chunks_rows"] = rows
     reader.close()
     return out
@@ -354,12 +429,21 @@ def servers(base: Path) -> Iterator[tuple[MariaDB, MariaDB, Redis]]:
     for server in (source, target, redis):
         server.start()
     assert source.proc is not None
-    pin(source.proc.pid, SOURCE_CPU)
+    # its own core, and ahead of anything else that lands there (a shared machine runs other jobs on CPU 0 too):
+    # the nearest this box gets to a production source on its own host
+    pin(source.proc.pid, SOURCE_CPU, nice=-10)
     try:
         yield source, target, redis
     finally:
         for server in (redis, target, source):
             server.stop()
+
+
+def control(port: int, action: str) -> None:
+    """The daemon's /control/throttle/<action> (loopback: no token needed)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/control/throttle/{action}", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+        response.read()
 
 
 def loaded_copy(
@@ -371,110 +455,109 @@ def loaded_copy(
     base: Path,
     bench: Sysbench,
     args: argparse.Namespace,
-    rate: float,
+    port: int,
 ) -> subprocess.Popen[bytes]:
-    """A daemon started under the load, measured until every table is copied; it goes on streaming."""
+    """A daemon copying under the load, paused and resumed slice by slice until every table is copied (it then
+    goes on streaming)."""
     source, target = servers
-    assert source.proc is not None
-    pid = source.proc.pid
     log = base / f"{name}.log"
-    copy = Phase(label, pid)
-    copied = threading.Event()
-    loader = threading.Thread(target=run_slices, args=(copy, bench, args.slice_seconds, copied, 0))
+    phase = Phase(label, source)
     daemon = start_daemon(config, log)
-    loader.start()
-    copy_seconds = wait_streaming(target, name, daemon, log)
-    copy_cpu = cpu_seconds(pid) - copy.cpu0
-    copied.set()
-    out[label] = copy.done(rate)
-    out[label]["copy_seconds"] = round(copy_seconds, 1)
-    out[label]["migration_source_cpu_s_per_m_rows"] = round(
-        (copy_cpu - rate * copy_seconds) * 1e6 / (args.tables * args.rows), 2
+    deadline = time.monotonic() + 60
+    while phase_of(target, name) is None and time.monotonic() < deadline:  # started: the copy follows
+        time.sleep(0.1)
+    began = time.monotonic()
+    alternate(
+        phase,
+        bench,
+        args.slice_seconds,
+        (lambda: control(port, "resume"), lambda: control(port, "pause")),
+        10_000,
+        over=lambda: phase_of(target, name) == "streaming",
     )
-    loader.join()  # the slice that outlived the copy ends; the daemon streams meanwhile
+    control(port, "resume")
+    wait_streaming(target, name, daemon, log)
+    out[label] = phase.done()
+    out[label]["copy_wall_s"] = round(time.monotonic() - began, 1)
+    off = out[label].get("off", {}).get("source_cores", 0.0)
+    # the copy's source CPU: the phase's, less what the load alone takes (the "off" slices' rate)
+    out[label]["copy_source_cpu_s_per_m_rows"] = round(
+        (out[label]["source_cpu_s"] - off * out[label]["seconds"]) * 1e6 / (args.tables * args.rows), 2
+    )
     return daemon
-
-
-def run_slices(phase: Phase, bench: Sysbench, seconds: int, until: threading.Event | None, count: int) -> None:
-    """``count`` slices, or slices until ``until`` is set (then only those that ended before it count)."""
-    while True:
-        piece = bench.slice(seconds)
-        if until is not None:
-            if until.is_set():
-                return  # this slice outlived the phase
-            phase.slices.append(piece)
-            continue
-        phase.slices.append(piece)
-        if len(phase.slices) >= count:
-            return
 
 
 def loaded_phases(
     source: MariaDB, target: MariaDB, redis: Redis, base: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    assert source.proc is not None
-    pid = source.proc.pid
     bench = Sysbench(source, args.tables, args.rows, args.threads, args.rate)
     out: dict[str, Any] = {}
-    baseline = Phase("baseline", pid)
-    run_slices(baseline, bench, args.slice_seconds, None, args.slices)
-    out["baseline"] = baseline.done(None)
-    rate = out["baseline"]["source_cores"]
+    baseline = Phase("baseline", source)
+    for _ in range(args.slices):
+        baseline.off.append(baseline.slice(bench, args.slice_seconds))
+    out["baseline"] = baseline.done()
 
     # the render that is not the default first, into a database of its own, by a daemon stopped once copied
     other = "daemon" if configmod.CopyConfig().render == "source" else "source"
-    name = f"loaded_{other}"
-    config = write_config(
-        base / f"{name}.toml",
-        name,
-        source,
-        target,
-        redis,
-        f'rename = {{ sbtest = "sbtest_{name}" }}\n[copy]\nrender = "{other}"\n[verify]\ninterval_seconds = 0\n'
-        '[http]\nlisten = "127.0.0.1:0"\n',
-    )
-    daemon = loaded_copy(out, f"copy_render_{other}", config, name, (source, target), base, bench, args, rate)
-    daemon.terminate()
-    daemon.wait(30)
+    for label, render in ((f"copy_render_{other}", other), ("copy", configmod.CopyConfig().render)):
+        name = f"loaded_{render}"
+        port = free_port()
+        config = write_config(
+            base / f"{name}.toml",
+            name,
+            source,
+            target,
+            redis,
+            f'rename = {{ sbtest = "sbtest_{name}" }}\n[copy]\nrender = "{render}"\n[verify]\ninterval_seconds = 0\n'
+            f'[http]\nlisten = "127.0.0.1:{port}"\n',
+        )
+        daemon = loaded_copy(out, label, config, name, (source, target), base, bench, args, port)
+        out[label]["render"] = render
+        if label != "copy":
+            daemon.terminate()
+            daemon.wait(30)
 
-    port = free_port()
-    name = "impact"
-    config = write_config(
-        base / f"{name}.toml",
-        name,
-        source,
-        target,
-        redis,
-        f'[verify]\ninterval_seconds = 0\n[http]\nlisten = "127.0.0.1:{port}"\n',
+    # streaming, held by stopping the daemon's process (the binlog waits; the next "on" slice catches it up)
+    streaming = Phase("streaming", source)
+    alternate(
+        streaming,
+        bench,
+        args.slice_seconds,
+        (lambda: daemon.send_signal(signal.SIGCONT), lambda: daemon.send_signal(signal.SIGSTOP)),
+        args.slices,
     )
-    daemon = loaded_copy(out, "copy", config, name, (source, target), base, bench, args, rate)
-    out["copy"]["render"] = configmod.CopyConfig().render
-
-    streaming = Phase("streaming", pid)
-    run_slices(streaming, bench, args.slice_seconds, None, args.slices)
-    out["streaming"] = streaming.done(rate)
+    daemon.send_signal(signal.SIGCONT)
+    out["streaming"] = streaming.done()
 
     cfg = configmod.load(config)
     aligner = verifier.HttpAligner(f"http://127.0.0.1:{port}")
-    for label, pace in (("verify_full", 1.0), ("verify_paced", cfg.verify.pace)):
-        phase = Phase(label, pid)
+    paces = [("verify_full", 1.0), ("verify_paced", cfg.verify.pace)]
+    paces += [(f"verify_paced_{pace:g}", pace) for pace in args.more_paces]
+    for label, pace in paces:
+        phase = Phase(label, source)
         stop = threading.Event()
+        held = {"reason": ""}
         checked: list[int] = []
-        cpu_in_passes: list[float] = []
-        worker = threading.Thread(
-            target=verify_passes, args=(cfg, aligner, pace, (pid, rate), stop, checked, cpu_in_passes)
-        )
+        worker = threading.Thread(target=verify_passes, args=(cfg, aligner, pace, held, stop, checked))
         worker.start()
-        run_slices(phase, bench, args.slice_seconds, None, args.slices)
+        alternate(
+            phase,
+            bench,
+            args.slice_seconds,
+            (lambda held=held: held.update(reason=""), lambda held=held: held.update(reason="held by the benchmark")),
+            args.slices,
+        )
         stop.set()
+        held["reason"] = ""
         worker.join()
-        out[label] = phase.done(rate)
+        out[label] = phase.done()
         out[label]["passes"] = len(checked)
-        out[label]["migration_source_cpu_s_per_m_rows"] = round(sum(cpu_in_passes) * 1e6 / max(1, sum(checked)), 2)
+        out[label]["rows_checked"] = sum(checked)
     daemon.terminate()
     daemon.wait(30)
-    for label in ("copy", f"copy_render_{other}", "streaming", "verify_full", "verify_paced"):
-        out[label]["p99_vs_baseline"] = round(out[label].get("p99_ms", 0) / out["baseline"]["p99_ms"], 2)
+    for label in ("copy", f"copy_render_{other}", "streaming", *(label for label, _ in paces)):
+        if "on" in out[label]:  # a copy shorter than one slice has none
+            out[label]["p99_vs_baseline"] = round(out[label]["on"]["p99_ms"] / out["baseline"]["off"]["p99_ms"], 2)
     return out
 
 
@@ -482,19 +565,16 @@ def verify_passes(
     cfg: configmod.Config,
     aligner: verifier.Aligner,
     pace: float,
-    source: tuple[int, float],
+    held: dict[str, str],
     stop: threading.Event,
     checked: list[int],
-    cpu: list[float],
 ) -> None:
-    """Verification passes back to back until ``stop``: rows checked and the source's CPU above its baseline rate."""
-    pid, rate = source
+    """Verification passes back to back until ``stop``, waiting while ``held`` has a reason (the verifier's hold,
+    as the operator's pause holds the daemon's): the rows each pass checked."""
     while not stop.is_set():
-        before, began = cpu_seconds(pid), time.monotonic()
-        result = verifier.verify(cfg, aligner, pace=pace)
+        result = verifier.verify(cfg, aligner, pace=pace, hold=lambda: held["reason"])
         assert result.consistent, "the target differs from the source"
         checked.append(sum(t.rows_checked for t in result.tables))
-        cpu.append(cpu_seconds(pid) - before - rate * (time.monotonic() - began))
 
 
 def main() -> None:
@@ -507,6 +587,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=6, help="slices per phase (the copy's: as long as it lasts)")
     parser.add_argument("--mydumper-threads", type=int, default=2)
     parser.add_argument("--skip-quiet", action="store_true", help="only the loaded phases")
+    parser.add_argument(
+        "--more-paces", type=float, nargs="*", default=[], help="verification paces to measure besides 1 and 0.5"
+    )
     args = parser.parse_args()
     ensure_packages()
     logmod.configure(configmod.LogConfig(level="warning"))  # the in-process verifier's log, off stdout's JSON line
