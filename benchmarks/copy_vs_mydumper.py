@@ -124,6 +124,7 @@ def time_austasync(
         f'[redis]\nurl = "{redis.url}"\n[replication]\nserver_id = {778 + int(binlog)}\ndatabases = ["sbtest"]\n'
         f'name = "{name}"\nrename = {{ sbtest = "sbtest_austasync{int(binlog)}" }}\n'
         f"[copy]\nchunk_rows = {args.chunk_rows}\nsnapshot_seconds = 5\ntarget_binlog = {str(binlog).lower()}\n"
+        f'render = "{args.render}"\n'
         '[throttle]\nmax_threads_running = 0\n[http]\nlisten = "127.0.0.1:0"\n'
     )
     log = (base / f"{name}.log").open("wb")
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=250_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk-rows", type=int, default=5000)
+    parser.add_argument("--render", choices=["daemon", "source"], default="daemon", help="[copy] render")
     args = parser.parse_args()
     for tool in ("sysbench", "mydumper", "myloader"):
         if not shutil.which(tool):
@@ -198,7 +200,7 @@ def main() -> None:
         server.start()
     try:
         prepare(source, args.tables, args.rows)
-        results: dict[str, object] = {"tables": args.tables, "rows_per_table": args.rows}
+        results: dict[str, object] = {"tables": args.tables, "rows_per_table": args.rows, "render": args.render}
         # each tool twice: without the target's binlog (myloader's default) and with it (austasync's default);
         # every run loads into a target server of its own, started for it, so no run inherits another's dirty pages
         for binlog in (False, True):
