@@ -94,7 +94,7 @@ def loadavg() -> float:
 class Sysbench:
     """oltp_read_write on the source's sbtest tables."""
 
-    def __init__(self, source: MariaDB, tables: int, rows: int, threads: int, rate: int) -> None:
+    def __init__(self, source: MariaDB, tables: int, rows: int, threads: int, rate: int, cpu: int = OTHERS_CPU) -> None:
         self.common = [
             "--db-driver=mysql",
             "--mysql-host=127.0.0.1",
@@ -104,7 +104,7 @@ class Sysbench:
             f"--tables={tables}",
             f"--table-size={rows}",
         ]
-        self.threads, self.rate = threads, rate
+        self.threads, self.rate, self.cpu = threads, rate, cpu
 
     def prepare(self) -> None:
         subprocess.run(
@@ -119,6 +119,9 @@ class Sysbench:
         out = subprocess.run(
             [
                 # above the daemon and the target on CPU 1, so their work does not show as the source's latency
+                "taskset",
+                "-c",
+                str(self.cpu),
                 "nice",
                 "-n",
                 "-10",
@@ -490,7 +493,7 @@ def loaded_copy(
 def loaded_phases(
     source: MariaDB, target: MariaDB, redis: Redis, base: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    bench = Sysbench(source, args.tables, args.rows, args.threads, args.rate)
+    bench = Sysbench(source, args.tables, args.rows, args.threads, args.rate, args.load_cpu)
     out: dict[str, Any] = {}
     baseline = Phase("baseline", source)
     for _ in range(args.slices):
@@ -511,6 +514,12 @@ def loaded_phases(
             f'rename = {{ sbtest = "sbtest_{name}" }}\n[copy]\nrender = "{render}"\n[verify]\ninterval_seconds = 0\n'
             f'[http]\nlisten = "127.0.0.1:{port}"\n',
         )
+        if args.skip_copy_phases and label != "copy":
+            continue
+        if args.skip_copy_phases:  # copied without the load, only to stream and verify
+            daemon = start_daemon(config, base / f"{name}.log")
+            wait_streaming(target, name, daemon, base / f"{name}.log")
+            continue
         daemon = loaded_copy(out, label, config, name, (source, target), base, bench, args, port)
         out[label]["render"] = render
         if label != "copy":
@@ -556,7 +565,7 @@ def loaded_phases(
     daemon.terminate()
     daemon.wait(30)
     for label in ("copy", f"copy_render_{other}", "streaming", *(label for label, _ in paces)):
-        if "on" in out[label]:  # a copy shorter than one slice has none
+        if "on" in out.get(label, {}):  # a copy shorter than one slice has none
             out[label]["p99_vs_baseline"] = round(out[label]["on"]["p99_ms"] / out["baseline"]["off"]["p99_ms"], 2)
     return out
 
@@ -587,6 +596,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=6, help="slices per phase (the copy's: as long as it lasts)")
     parser.add_argument("--mydumper-threads", type=int, default=2)
     parser.add_argument("--skip-quiet", action="store_true", help="only the loaded phases")
+    parser.add_argument("--skip-copy-phases", action="store_true", help="copy unmeasured; stream and verify")
+    parser.add_argument("--load-cpu", type=int, default=OTHERS_CPU, help="where sysbench runs (default: CPU 1)")
     parser.add_argument(
         "--more-paces", type=float, nargs="*", default=[], help="verification paces to measure besides 1 and 0.5"
     )
