@@ -62,6 +62,7 @@ SOURCE_CPU, OTHERS_CPU = 0, 1
 PACKAGES = {"sysbench": "sysbench", "mydumper": "mydumper", "pt-table-sync": "percona-toolkit"}
 _TICK = os.sysconf("SC_CLK_TCK")
 SETTLE_SECONDS = 1.0
+LONG_REST = verifier.LONG_REST_SECONDS
 _BUCKET = re.compile(r"^\s*([0-9.]+)\s+\|[* ]*\s(\d+)\s*$")
 
 
@@ -542,7 +543,11 @@ def loaded_phases(
     aligner = verifier.HttpAligner(f"http://127.0.0.1:{port}")
     paces = [("verify_full", 1.0), ("verify_paced", cfg.verify.pace)]
     paces += [(f"verify_paced_{pace:g}", pace) for pace in args.more_paces]
+    if args.closed_rests:
+        paces.append(("verify_paced_closed_rests", cfg.verify.pace))
     for label, pace in paces:
+        # an experiment: every rest of a paced pass taken with its snapshots closed (verifier.LONG_REST_SECONDS)
+        verifier.LONG_REST_SECONDS = 0.0 if label == "verify_paced_closed_rests" else LONG_REST
         phase = Phase(label, source)
         stop = threading.Event()
         held = {"reason": ""}
@@ -598,6 +603,9 @@ def main() -> None:
     parser.add_argument("--skip-quiet", action="store_true", help="only the loaded phases")
     parser.add_argument("--skip-copy-phases", action="store_true", help="copy unmeasured; stream and verify")
     parser.add_argument("--load-cpu", type=int, default=OTHERS_CPU, help="where sysbench runs (default: CPU 1)")
+    parser.add_argument(
+        "--closed-rests", action="store_true", help="also a paced phase whose every rest closes the snapshots"
+    )
     parser.add_argument(
         "--more-paces", type=float, nargs="*", default=[], help="verification paces to measure besides 1 and 0.5"
     )
