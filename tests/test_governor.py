@@ -8,6 +8,8 @@ import time
 import urllib.request
 from typing import Any
 
+from austasync import governor
+from austasync.config import ThrottleConfig
 from conftest import Env, dump
 from servers import free_port
 
@@ -142,3 +144,38 @@ def test_verify_waits_while_a_signal_is_unreadable(env: Env) -> None:
         raise AssertionError("verify finished although the history list length could not be read")
     env.extra = {"throttle": {"max_threads_running": 0}}
     assert env.run_cli("verify", "--json", timeout=60).returncode == 0
+
+
+class _HidesThreadsRunning:
+    """A source connection whose server answers SHOW GLOBAL STATUS without Threads_running (as a proxy in front of
+    the source can): the signal cannot be read."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        cur = self._conn.cursor(*args, **kwargs)
+        execute = cur.execute
+
+        def hiding(sql: Any, args: Any = None) -> Any:
+            if args == ("Threads_running",):
+                return execute("SHOW GLOBAL STATUS LIKE 'no_such_status'")
+            return execute(sql, args)
+
+        cur.execute = hiding
+        return cur
+
+
+def test_an_unreadable_threads_running_is_over_budget_not_zero(env: Env) -> None:
+    conn = env.source.connect()
+    try:
+        config = ThrottleConfig(max_threads_running=50, max_history_list_length=0, max_probe_ms=0)
+        assert governor.read_source(conn, config).signal == ""  # readable, and 1 thread is under 50
+        reading = governor.read_source(_HidesThreadsRunning(conn), config)  # type: ignore[arg-type]
+        assert reading.signal == "threads_running"
+        assert "cannot be read" in reading.reason
+    finally:
+        conn.close()

@@ -114,10 +114,18 @@ def read_source(conn: Connection, config: ThrottleConfig, clock: Callable[[], fl
     reasons: list[tuple[str, str]] = []
     paces: list[tuple[float, str]] = []
     if config.max_threads_running:
-        running = int(status(conn, "Threads_running") or 0)
-        if running > config.max_threads_running:
-            reasons.append(("threads_running", f"source Threads_running {running} > {config.max_threads_running}"))
-        paces.append(_slowed(running, config.max_threads_running, config.slow_from, "source Threads_running", ""))
+        shown = status(conn, "Threads_running")
+        if shown is None or not shown.isdigit():
+            # a signal that cannot be read counts as over budget, as the others do (never as 0 threads)
+            reasons.append(("threads_running", f"source Threads_running cannot be read (got {shown!r})"))
+            paces.append((0.0, "source Threads_running unreadable"))
+        else:
+            running = int(shown)
+            if running > config.max_threads_running:
+                reasons.append(
+                    ("threads_running", f"source Threads_running {running} > {config.max_threads_running}")
+                )
+            paces.append(_slowed(running, config.max_threads_running, config.slow_from, "source Threads_running", ""))
     history = math.nan
     if config.max_history_list_length:
         history, why = _history(conn, config.max_history_list_length)
