@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -27,6 +28,12 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from austasync import config as configmod
+from austasync import log as logmod
+from austasync.db import describe_error
+from austasync.errors import BinlogPurgedError, DriftError, UnavailableError
+from austasync.metrics import Metrics
+from austasync.recovery import Backoff, Outage, Reconnector, classify
 from conftest import SOURCE_GRANTS, Env, dump
 from faultproxy import FaultProxy
 from servers import MariaDB, Redis, free_port
@@ -57,6 +64,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MariaDB,
     for server in (source, target):
         server.stop()
     redis.stop()
+    shutil.rmtree(root, ignore_errors=True)  # two more datadirs, 500 MB: not left for the run's end
 
 
 @pytest.fixture
@@ -364,3 +372,53 @@ def test_past_the_retry_budget_it_exits_3_naming_the_server(chaos: Env) -> None:
         assert "retry_budget_seconds" in log and "error 2003" in log
     finally:
         proxy.close()
+
+
+# --- the retry budget's arithmetic, without servers ---------------------------------------------------------------
+
+
+def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
+    backoff = Backoff(base=0.5, cap=10.0, rng=random.Random(1))
+    delays = [backoff.next_delay() for _ in range(10)]
+    ceilings = [min(10.0, 0.5 * 2**n) for n in range(10)]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True)), delays
+    assert len(set(delays)) == len(delays)  # jittered, not in step
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+
+
+def test_what_is_retried_and_which_server_it_names() -> None:
+    config = configmod.from_mapping(
+        {"source": {"port": 3306}, "target": {"host": "10.0.0.5", "port": 3307}, "replication": {"databases": ["a"]}}
+    )
+    lost = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+    lost.austasync_where, lost.austasync_operation = "target 10.0.0.5:3307", "INSERT"  # type: ignore[attr-defined]
+    assert classify(lost, config) == Outage("target", "10.0.0.5:3307", "INSERT", describe_error(lost))
+    deadlock = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+    deadlock.austasync_where = "target 10.0.0.5:3307"  # type: ignore[attr-defined]
+    assert classify(deadlock, config).kind == "lock"  # type: ignore[union-attr]
+    binlog = pymysql.err.OperationalError(2013, "Lost connection")
+    binlog.austasync_where = "127.0.0.1:3306"  # type: ignore[attr-defined]  # the library's own connection
+    assert classify(binlog, config).server == "source"  # type: ignore[union-attr]
+    refused = UnavailableError("cannot connect", server="target", address="10.0.0.5:3307", operation="connect")
+    assert classify(refused, config).operation == "connect"  # type: ignore[union-attr]
+    for stop in (DriftError("drift"), BinlogPurgedError("purged"), pymysql.err.ProgrammingError(1146, "no table")):
+        assert classify(stop, config) is None, stop
+
+
+def test_the_budget_counts_from_the_first_failure_and_is_whole_again_after_a_recovery() -> None:
+    now = [0.0]
+    reconnector = Reconnector(10.0, logmod.get("test"), Metrics(), clock=lambda: now[0])
+    outage = Outage("target", "10.0.0.5:3307", "connect", "error 2003: Can't connect")
+    assert reconnector.failed(outage, "streaming") <= 0.5
+    now[0] = 9.9
+    assert reconnector.failed(outage, "reconnecting") <= 0.1 + 1e-9  # never past the budget
+    assert reconnector.status()["attempts"] == 2  # type: ignore[index]
+    now[0] = 10.0
+    with pytest.raises(UnavailableError, match=r"target 10\.0\.0\.5:3307 still unreachable after 10 s") as gave_up:
+        reconnector.failed(outage, "reconnecting")
+    assert gave_up.value.server == "target"
+    reconnector.recovered("binlog.000001:4")
+    assert not reconnector.active and reconnector.status() is None
+    now[0] = 100.0
+    assert reconnector.failed(outage, "streaming") <= 0.5  # a new outage: a new budget
