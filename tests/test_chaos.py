@@ -177,6 +177,14 @@ def copied(env: Env) -> int:
     return int(str(rows[0][0]))
 
 
+def grow(env: Env) -> None:
+    """Four times the rows, so that a copy slowed by copy.max_rows_per_second is still running at the fault."""
+    env.source.execute(
+        f"INSERT INTO {env.db}.t SELECT id + {ROWS}, CONCAT('big', id), 2 FROM {env.db}.t",
+        f"INSERT INTO {env.db}.t SELECT id + {2 * ROWS}, CONCAT('big', id), 3 FROM {env.db}.t",
+    )
+
+
 def reconnecting(env: Env) -> bool:
     code, body = get(env, "/ready")
     return code == 503 and any(c["name"] == "connected" and not c["ok"] for c in json.loads(body).get("checks", []))
@@ -232,6 +240,23 @@ def test_target_killed_mid_batch_and_restarted(chaos: Env) -> None:
     assert "error 2003" in chaos.daemon_log()  # the refused attempts, each with the server's error
 
 
+def test_source_killed_and_restarted_mid_copy_resumes_the_copy(chaos: Env) -> None:
+    grow(chaos)
+    chaos.extra["copy"] = {"chunk_rows": 100, "snapshot_seconds": 0.2, "max_rows_per_second": 3000}
+    with Writer(chaos.source, chaos.db, tps=100) as writer:
+        proc = chaos.start_daemon()
+        wait_for("copying", lambda: copied(chaos) >= 1000, proc, chaos)
+        chaos.source.kill()
+        progress = copied(chaos)
+        assert progress < 4 * ROWS, "the copy finished before the kill; slow it down"
+        wait_for("reconnecting", lambda: reconnecting(chaos), proc, chaos)
+        chaos.source.start()
+        wait_for("reconnected", lambda: "reconnected; replication resumed" in chaos.daemon_log(), proc, chaos)
+        assert copied(chaos) >= progress  # the copy goes on from its cursors, as after a restart
+        time.sleep(1.0)
+    finish(chaos, proc, writer, "source", 0)
+
+
 def test_redis_restarted_empty_never_stops_replication(chaos: Env) -> None:
     proc = start(chaos)
     before = reconnects(chaos, "redis")
@@ -272,10 +297,7 @@ def test_binlog_connection_stalled_past_the_heartbeat(chaos: Env) -> None:
 
 
 def test_every_connection_cut_mid_copy_resumes_the_copy(chaos: Env) -> None:
-    chaos.source.execute(
-        f"INSERT INTO {chaos.db}.t SELECT id + {ROWS}, CONCAT('big', id), 2 FROM {chaos.db}.t",
-        f"INSERT INTO {chaos.db}.t SELECT id + {2 * ROWS}, CONCAT('big', id), 3 FROM {chaos.db}.t",
-    )
+    grow(chaos)
     source, target = FaultProxy(chaos.source.port), FaultProxy(chaos.target.port)
     chaos.extra["source"] = {"port": source.port}
     chaos.extra["target"] = {"port": target.port}
