@@ -180,3 +180,18 @@ def test_only_a_loopback_listen_may_serve_control_without_a_token(tmp_path: Path
 def test_contradictory_or_unsafe_control_settings_are_errors(tmp_path: Path, lines: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         configmod.load(write(tmp_path, with_http(f'listen = "127.0.0.1:9108"\n{lines}')), env={})
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("-1", "must not be negative"), ("nan", "finite number of seconds"), ('"inf"', "finite"), ('"soon"', "a number")],
+)
+def test_the_retry_budget_is_a_finite_number_of_seconds(tmp_path: Path, value: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=f"apply.retry_budget_seconds .*{says}"):
+        configmod.load(write(tmp_path, MINIMAL + f"[apply]\nretry_budget_seconds = {value}\n"), env={})
+
+
+def test_the_retry_budget_defaults_to_five_minutes_and_0_turns_retries_off(tmp_path: Path) -> None:
+    assert configmod.load(write(tmp_path, MINIMAL), env={}).apply.retry_budget_seconds == 300
+    cfg = configmod.load(write(tmp_path, MINIMAL), env={"AUSTASYNC_APPLY_RETRY_BUDGET_SECONDS": "0"})
+    assert cfg.apply.retry_budget_seconds == 0

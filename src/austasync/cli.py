@@ -107,8 +107,9 @@ def main() -> None:
 def run(config_path: str, reverse: bool, from_position: str | None) -> None:
     """Copy the selected schemas while streaming the binlog, then keep streaming (a daemon).
 
-    SIGTERM stops at a clean checkpoint and exits 0. Exit codes: 2 configuration, 3 a server unreachable,
-    4 set-up refused, 10 DDL stop, 11 drift, 12 a value or event that cannot be carried exactly, 13 fenced
+    SIGTERM stops at a clean checkpoint and exits 0. A connection lost once running is retried in-process from the
+    target's checkpoint for up to apply.retry_budget_seconds. Exit codes: 2 configuration, 3 a server unreachable
+    (at start-up, or past the retry budget), 4 set-up refused, 10 DDL stop, 11 drift, 12 a value or event that cannot be carried exactly, 13 fenced
     (another daemon took over), 14 the source purged the binlog the checkpoint needs.
     """
     from austasync.daemon import Daemon  # noqa: PLC0415 (keeps `austasync --help` fast)
@@ -178,6 +179,11 @@ def status(config_path: str, as_json: bool) -> None:
         sys.exit(EXIT_UNAVAILABLE)
     click.echo(f"phase      {doc['phase']}   alive: {'yes' if doc['alive'] else 'NO'}")
     click.echo(f"position   {doc.get('position')}   lag {doc.get('lag_seconds')} s")
+    for server, outage in sorted((doc.get("reconnecting") or {}).items()):
+        click.echo(
+            f"RECONNECTING to the {server} {outage.get('address')} (attempt {outage.get('attempts')}):"
+            f" {outage.get('operation')}: {str(outage.get('error', ''))[:300]}"
+        )
     throttle = doc.get("throttle") or {}
     click.echo(f"throttle   {_throttle_line(throttle)}")
     click.echo(f"source     {_governor_line(throttle)}")

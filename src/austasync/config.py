@@ -8,6 +8,7 @@ migration.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import threading
@@ -207,6 +208,9 @@ class ApplyConfig:
     # rows-event bytes of one source transaction held until it ends (so a ROLLBACK [TO SAVEPOINT] can drop what
     # the source undid); a bigger transaction is handed over as it is read, and a rollback in it stops the daemon
     hold_bytes: int = 32 * 1024 * 1024
+    # how long a lost or refused connection (source, target) is retried in-process, from the target's checkpoint,
+    # before `run` gives up with exit 3; 0 = exit at once, as before in-process recovery existed
+    retry_budget_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -412,6 +416,14 @@ def _float(value: Any, where: str) -> float:
     return number
 
 
+def _seconds(value: Any, where: str) -> float:
+    """A finite, non-negative number of seconds (NaN and infinity are no budget anyone can reason about)."""
+    number = _float(value, where)
+    if not math.isfinite(number):
+        raise ConfigError(f"{where} must be a finite number of seconds, got {number}")
+    return number
+
+
 def _pace(value: Any, where: str) -> float:
     number = _float(value, where)
     if not 0 < number <= 1:
@@ -564,6 +576,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str], path: Path | None) -
             batch_max_seconds=ap.get("batch_max_seconds", _float, 0.5),
             queue_max_events=ap.get("queue_max_events", lambda v, w: _int(v, w, 100), 20000),
             hold_bytes=ap.get("hold_bytes", lambda v, w: _int(v, w, 1024), 32 * 1024 * 1024),
+            retry_budget_seconds=ap.get("retry_budget_seconds", _seconds, 300.0),
         ),
         throttle=ThrottleConfig(
             max_threads_running=th.get("max_threads_running", lambda v, w: _int(v, w, 0), 32),

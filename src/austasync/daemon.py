@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import pymysql
+import redis
 
 from austasync import ddl_resume, foreign, governor, objects, preflight, readiness, sdnotify, startup_schema
 from austasync import log as logmod
@@ -35,6 +36,7 @@ from austasync.db import (
     connect,
     query,
     server_flavor,
+    set_read_timeout,
     setup_source_session,
     setup_target_session,
     variable,
@@ -70,6 +72,7 @@ from austasync.httpd import ControlPolicy, Endpoints, HttpServer
 from austasync.metrics import Metrics
 from austasync.mirror import Mirror
 from austasync.position import Position
+from austasync.recovery import Outage, Reconnector, classify
 from austasync.reports import gate_summary
 from austasync.scheduler import VerificationScheduler
 from austasync.schema import (
@@ -87,6 +90,8 @@ from austasync.state import Checkpoint, CopyCursor, TargetState, connection_id, 
 from austasync.telemetry import Telemetry
 from austasync.touched import TouchedKeys
 from austasync.verifier import Result
+
+_Loaded = tuple[Connection, dict[TableId, Table], list[ForeignKey]]  # the source session and what it read
 
 HEALTH_STALL_SECONDS = 30.0
 # skip rules that rest on the names a statement mentions (a misread name could be a replicated table's)
@@ -161,6 +166,10 @@ class Daemon:
         self._read_before: list[dict[str, int]] = []
         self.metrics.bind_events(self._event_outcomes)
         self._ddl_applied: Position | None = None  # a DDL inside a transaction that ran before a restart
+        # a lost or refused source or target connection: retried in-process for [apply] retry_budget_seconds
+        self.recovery = Reconnector(config.apply.retry_budget_seconds, self.log, self.metrics, clock=clock, wall=wall)
+        self._started = False  # the pipeline started once: from then on a lost connection is retried
+        self._watcher: TargetWriteWatcher | None = None  # the current pipeline's, for its health
         # foreign writes live in the target's state until a covering verification or an ack ends them
         self.foreign = foreign.Recorder(
             lambda: connect(config.target, "target"),
@@ -206,22 +215,12 @@ class Daemon:
             self.log.warning("starting paused by the operator", **saved)
         with contextlib.suppress(Exception):  # no status in Redis: the watcher starts at the target's position
             self.telemetry.watch_resume = (self.mirror.status() or {}).get("foreign_write_watch_position")
-        source, tables, fks = self._load_source()
-        self.telemetry.read_source_settings(source)
+        loaded = self._load_source()
+        self.telemetry.read_source_settings(loaded[0])
         self._acquire_lease()
         self.metrics.lease_held.set(1)
         try:
-            while True:
-                try:
-                    self._run_with_lease(source, tables, fks)
-                    return
-                except _SchemaChanged as change:
-                    # a DDL was replayed on the target: rebuild reader and applier from the new definitions
-                    self.log.info("restarting the pipeline after DDL", statement=change.statement[:200])
-                    self._close()
-                    if not self.mirror.renew_lease(self.config.replication.lease_seconds):
-                        raise FencedError("lost the migration's lease while replaying a DDL; stopping") from None
-                    source, tables, fks = self._load_source()
+            self._run_recovering(loaded)
         finally:
             self.metrics.lease_held.set(0)
             self._close()
@@ -229,7 +228,88 @@ class Daemon:
             with contextlib.suppress(Exception):  # Redis down at exit: the lease expires by itself
                 self.mirror.release_lease()
 
-    def _load_source(self) -> tuple[Connection, dict[TableId, Table], list[ForeignKey]]:
+    def _run_recovering(self, loaded: _Loaded | None) -> None:
+        """Run the pipeline; after a lost or refused connection start it again from the target's checkpoint, as a
+        restart would, keeping the lease, the HTTP server and the metrics (:mod:`austasync.recovery`)."""
+        while True:
+            try:
+                if loaded is None:
+                    self._keep_lease("while reconnecting")
+                    loaded = self._load_source()
+                    self.telemetry.read_source_settings(loaded[0])
+                self._run_pipelines(*loaded)
+                return
+            except Exception as exc:
+                loaded = None
+                outage = self._retryable(exc)
+                if outage is None:
+                    raise
+                self._close()
+                if not self._reconnect_wait(outage):
+                    self.log.info("stopped while reconnecting; the next run resumes from the target's checkpoint")
+                    return
+
+    def _run_pipelines(self, source: Connection, tables: dict[TableId, Table], fks: list[ForeignKey]) -> None:
+        while True:
+            try:
+                self._run_with_lease(source, tables, fks)
+                return
+            except _SchemaChanged as change:
+                # a DDL was replayed on the target: rebuild reader and applier from the new definitions
+                self.log.info("restarting the pipeline after DDL", statement=change.statement[:200])
+                self._close()
+                self._keep_lease("while replaying a DDL")
+                source, tables, fks = self._load_source()
+
+    def _retryable(self, exc: BaseException) -> Outage | None:
+        """The outage to reconnect from, or None to let ``exc`` end the run: at the first start-up (a wrong host
+        or password shows at once), while stopping, without a retry budget, or when it is no connection problem."""
+        if not self._started or self.stopping or self.config.apply.retry_budget_seconds <= 0:
+            return None
+        return classify(exc, self.config)
+
+    def _reconnect_wait(self, outage: Outage) -> bool:
+        """Log and count the failed attempt, then wait its backoff while the daemon stays visible: the loop's
+        health tick, the lease, the status (phase ``reconnecting``). False when asked to stop meanwhile.
+
+        Raises :class:`UnavailableError` once the outage has lasted ``apply.retry_budget_seconds``.
+        """
+        delay = self.recovery.failed(outage, self.telemetry.phase)
+        self.telemetry.reconnecting = self.recovery.status()
+        self.telemetry.set_phase("reconnecting")
+        sdnotify.status(f"reconnecting to the {outage.server} {outage.address}")
+        until, renewed = self.clock() + delay, float("-inf")
+        while not self.stopping:
+            now = self.clock()
+            self.telemetry.loop_tick = now  # waiting out a backoff is a healthy state
+            sdnotify.watchdog()
+            if now - renewed >= 1.0:
+                renewed = now
+                self._keep_lease("while reconnecting")
+            if self.telemetry.publish_due():
+                self.telemetry.publish()
+            if now >= until:
+                return True
+            self._stop.wait(min(0.2, until - now))
+        return False
+
+    def _recovered(self) -> None:
+        """The restarted pipeline's first event arrived: the outage is over, the whole budget is back."""
+        applier = self.telemetry.applier
+        self.recovery.recovered(str(applier.committed) if applier is not None else "")
+        self.telemetry.reconnecting = None
+
+    def _renew_lease(self) -> bool:
+        """Extend the lease; False only when another daemon holds it. Redis unreachable (or its next attempt not
+        due) counts as still ours: the fence in the target, not the lease, stops a stale writer."""
+        ttl = self.config.replication.lease_seconds
+        return self.telemetry.redis.call("renew the lease", lambda: self.mirror.renew(ttl)) is not False
+
+    def _keep_lease(self, when: str) -> None:
+        if not self._renew_lease():
+            raise FencedError(f"lost the migration's lease to another daemon {when}; stopping without writing")
+
+    def _load_source(self) -> _Loaded:
         source = connect(self.config.source, "source")
         setup_source_session(source)
         self._conns.append(source)
@@ -244,6 +324,9 @@ class Daemon:
                 f"no table selected in {', '.join(self.config.replication.databases)} on the source; check"
                 " replication.databases and the include/exclude lists"
             )
+        # from here on this session runs short statements only (the housekeeping's): a source that stalls every
+        # connection is then noticed here as on the binlog stream, and reconnected from, not waited for
+        set_read_timeout(source, self.config.replication.read_timeout_seconds or None)
         return source, tables, fks
 
     def _start_http(self) -> None:
@@ -400,11 +483,38 @@ class Daemon:
             hold_bytes=self.config.apply.hold_bytes,
         )
         self.telemetry.applier, self.telemetry.reader = applier, reader
-        watcher = self._start_watcher(admin)
-        reader.start()
-        copying = any(not c.done for c in self.telemetry.cursors.values())
-        snapshot = SnapshotReader(self.config.source, self.config.copy.render) if copying else None
-        self.telemetry.set_phase("copying" if snapshot else "streaming")
+        watcher: TargetWriteWatcher | None = None
+        snapshot: SnapshotReader | None = None
+        try:
+            # from here on every thread and session is stopped on the way out, a failed start-up too: a reader
+            # left running into an in-process restart would share the new one's server_id on the source
+            watcher = self._watcher = self._start_watcher(admin)
+            reader.start()
+            copying = any(not c.done for c in self.telemetry.cursors.values())
+            snapshot = SnapshotReader(self.config.source, self.config.copy.render) if copying else None
+            self._announce(checkpoint, applier, len(tables), copying=snapshot is not None)
+            try:
+                self._loop(source, applier, reader, snapshot, tables)
+            except StopError as exc:
+                _rollback(applier)
+                self._record_stop(applier, exc)
+                raise
+            except BaseException:
+                _rollback(applier)
+                raise
+        finally:
+            self._watcher = None
+            self.scheduler.stop()
+            reader.stop()
+            self._read_before = [outcomes.sum_tallies([*self._read_before, reader.tally])]
+            if watcher is not None:
+                watcher.stop()
+            if snapshot:
+                snapshot.close()
+
+    def _announce(self, checkpoint: Checkpoint, applier: Applier, tables: int, *, copying: bool) -> None:
+        """The pipeline runs: its phase in the checkpoint and the status, the log, systemd, the verifier."""
+        self.telemetry.set_phase("copying" if copying else "streaming")
         applier.phase = checkpoint.phase
         if checkpoint.phase != self.telemetry.phase:
             # a restart after DDL can find the copy finished (the last pending table renamed or dropped): the
@@ -415,30 +525,14 @@ class Daemon:
             position=str(checkpoint.position),
             skip_events=checkpoint.skip_events,
             phase=self.telemetry.phase,
-            tables=len(tables),
+            tables=tables,
         )
         if self.telemetry.phase == "streaming":
             self.scheduler.start_when_copied()
         sdnotify.ready(f"{self.telemetry.phase} from {checkpoint.position}")
+        self._started = True
         if self.on_ready:
             self.on_ready()
-        try:
-            self._loop(source, applier, reader, snapshot, tables)
-        except StopError as exc:
-            applier.rollback()
-            self._record_stop(applier, exc)
-            raise
-        except BaseException:
-            applier.rollback()
-            raise
-        finally:
-            self.scheduler.stop()
-            reader.stop()
-            self._read_before = [outcomes.sum_tallies([*self._read_before, reader.tally])]
-            if watcher is not None:
-                watcher.stop()
-            if snapshot:
-                snapshot.close()
 
     def _start_watcher(self, admin: Connection) -> TargetWriteWatcher | None:
         """Watch the target's binlog from now on for writes that are not austasync's
@@ -666,10 +760,18 @@ class Daemon:
         query(writer, "COMMIT")
 
     def _republish_verification(self, writer: Connection) -> None:
-        """Redis may have restarted empty: the target's record of the last verification is the truth."""
+        """Redis may have restarted empty: the target's record of the last verification is the truth. With Redis
+        down it is kept, and republished when Redis answers (Telemetry.sync_verification)."""
         recorded = self.state.last_verification(writer)
-        if recorded is not None and self.mirror.verification() is None:
-            self.mirror.publish_verification(recorded)
+        if recorded is None:
+            return
+        if self.telemetry.last_verification is None:
+            self.telemetry.last_verification = recorded
+            self._saved_verification_at = max(self._saved_verification_at, float(recorded.get("finished_at") or 0))
+        link = self.telemetry.redis
+        current = link.call("read the verification", lambda: (self.mirror.verification(),))
+        missing = current is not None and current[0] is None
+        if missing and link.call("republish the verification", lambda: self.telemetry.republish_verification(recorded)):
             self.log.info("republished the last verification from the target")
 
     def _record_stop(self, applier: Applier, exc: StopError) -> None:
@@ -698,11 +800,14 @@ class Daemon:
         age = self.clock() - self.telemetry.loop_tick
         reader = self.telemetry.reader
         reader_alive = reader is None or reader.alive
-        ok = age < HEALTH_STALL_SECONDS and reader_alive
+        # reconnecting is no hang: the backoff ticks the loop, and a restart would only wait the same way
+        reconnecting = self.telemetry.reconnecting is not None
+        ok = age < HEALTH_STALL_SECONDS and (reader_alive or reconnecting)
         return ok, {
             "ok": ok,
             "loop_age_seconds": round(age, 1),
             "reader_alive": reader_alive,
+            "reconnecting": reconnecting,
             "phase": self.telemetry.phase,
         }
 
@@ -717,6 +822,12 @@ class Daemon:
         return ok, {"ready": ok, "checks": [c.as_dict() for c in checks]}
 
     # --- the loop ---------------------------------------------------------------------------------------------
+
+    def _next(self, reader: BinlogReader, timeout: float) -> Event | None:
+        event = reader.get(timeout=timeout)
+        if event is not None and self.recovery.active and not isinstance(event, ReaderFailed):
+            self._recovered()
+        return event
 
     def _loop(
         self,
@@ -746,7 +857,7 @@ class Daemon:
                     self.log.info("copy complete; streaming")
                     self.scheduler.start_when_copied()
                 continue
-            event = _next(reader, timeout=min(0.2, limits.batch_max_seconds))
+            event = self._next(reader, timeout=min(0.2, limits.batch_max_seconds))
             if event is None:
                 if not applier.in_txn and applier.pending:
                     self._commit(applier)
@@ -1304,12 +1415,17 @@ class Daemon:
         position = snapshot.open_snapshot([tables[(c.db, c.table)] for c in pending])
         try:
             if not self._advance_to(position, applier, reader):
+                snapshot.close_snapshot()
                 return False
             work = [(tables[(c.db, c.table)], c.cursor) for c in pending]
             self._copy_chunks(applier, snapshot, work, position, source)
             pending = [c for c in self.telemetry.cursors.values() if not c.done]
-        finally:
-            snapshot.close_snapshot()
+        except BaseException:
+            # the error that ended the round is the one to report, not the broken session's at its COMMIT
+            with contextlib.suppress(Exception):
+                snapshot.close_snapshot()
+            raise
+        snapshot.close_snapshot()
         self.telemetry.publish()
         return not pending
 
@@ -1396,6 +1512,8 @@ class Daemon:
                 failure = failure or item
                 continue
             table, new, count = item
+            if self.recovery.active:
+                self._recovered()  # a chunk read and committed: both servers answer again
             self.telemetry.set_cursor(new)
             self.metrics.copied_rows.inc(count)
             self.log.info(
@@ -1452,13 +1570,12 @@ class Daemon:
         while applier.in_txn or applier.position < position:
             if self.stopping or (deadline is not None and self.clock() > deadline):
                 return False
-            event = _next(reader, timeout=0.2)
+            event = self._next(reader, timeout=0.2)
             if self.clock() - self.telemetry.loop_tick > 1.0:
                 # a long catch-up to a barrier does not pass through the housekeeping: keep the lease and watchdog
                 self.telemetry.loop_tick = self.clock()
                 sdnotify.watchdog()
-                if not self.mirror.renew_lease(self.config.replication.lease_seconds):
-                    raise FencedError("lost the migration's lease to another daemon; stopping without writing")
+                self._keep_lease("while catching up to a barrier")
             if event is None:
                 continue
             self._handle(event, applier)
@@ -1485,17 +1602,30 @@ class Daemon:
             sdnotify.status(f"{self.telemetry.phase}, lag {self.telemetry.lag_seconds():.1f}s")
             self._check_throttle(source)
             self.telemetry.refresh_source(source)
-            if not self.mirror.renew_lease(self.config.replication.lease_seconds):
-                raise FencedError("lost the migration's lease to another daemon; stopping without writing")
+            self._keep_lease("while streaming")
+            self._check_watcher()
         self._refresh_foreign()
         if self.telemetry.publish_due():
             self.telemetry.publish()
             self.telemetry.sync_verification()
             self._persist_verification(applier)
 
+    def _check_watcher(self) -> None:
+        """A target-write watcher that lost its connection means the target did (a restart, a cut): restart the
+        pipeline now, from the checkpoint with the watcher where it stopped, rather than at the next write."""
+        watcher = self._watcher
+        if watcher is not None and watcher.error is not None and is_connection_error(watcher.error):
+            raise watcher.error
+
     def _verification_done(self, result: Result) -> None:
-        """Called from the verifier thread: the verdict goes to Redis now and to the target at the next tick."""
-        self.mirror.publish_verification(gate_summary(result, self.telemetry.wall()))
+        """Called from the verifier thread: the verdict goes to Redis now and to the target at the next tick; with
+        Redis down it is kept, and republished when Redis answers (Telemetry.sync_verification)."""
+        doc = gate_summary(result, self.telemetry.wall())
+        self.telemetry.last_verification = doc
+        try:
+            self.mirror.publish_verification(doc)
+        except (redis.RedisError, OSError) as exc:
+            self.log.warning("cannot publish the verification to Redis; kept for when it answers", error=str(exc))
         self._clear_foreign(result)
         for table in result.tables:
             self.metrics.verify_chunks.labels("mismatch" if table.differences else "match").inc(max(1, table.chunks))
@@ -1656,8 +1786,11 @@ class _CopyLane:
                 self._results.put(exc)
 
 
-def _next(reader: BinlogReader, timeout: float) -> Event | None:
-    return reader.get(timeout=timeout)
+def _rollback(applier: Applier) -> None:
+    """Roll the open batch back on the way out; on a broken connection the server has done it, and the error
+    that broke it is the one to report, not this one."""
+    with contextlib.suppress(Exception):
+        applier.rollback()
 
 
 class _SchemaChanged(Exception):

@@ -74,7 +74,8 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
         # a rotated password: fetch it again from its source (file, credential, AWS) and try once more
         if not (denied and cfg.password.refresh()):
             raise UnavailableError(
-                f"cannot connect to the {role} ({cfg.describe()}): {_message(exc)}{_tls_hint(cfg, denied)}"
+                f"cannot connect to the {role} ({cfg.describe()}): {_message(exc)}{_tls_hint(cfg, denied)}",
+                **_where(cfg, role, exc),
             ) from None
     kwargs["password"] = cfg.password.reveal()
     try:
@@ -82,8 +83,14 @@ def connect(cfg: DatabaseConfig, role: str, *, raw: bool = False, autocommit: bo
     except pymysql.err.OperationalError as exc:
         raise UnavailableError(
             f"cannot connect to the {role} ({cfg.describe()}) with the password fetched again from"
-            f" {cfg.password.source}: {_message(exc)}"
+            f" {cfg.password.source}: {_message(exc)}",
+            **_where(cfg, role, exc),
         ) from None
+
+
+def _where(cfg: DatabaseConfig, role: str, exc: BaseException) -> dict[str, str]:
+    """The structured part of a refused connection (:class:`UnavailableError`), for the reconnect log."""
+    return {"server": role, "address": f"{cfg.host}:{cfg.port}", "operation": "connect", "detail": _message(exc)}
 
 
 def _tls_hint(cfg: DatabaseConfig, denied: bool) -> str:
@@ -115,17 +122,24 @@ class DriverConnection(pymysql.connections.Connection):
             self._locate(exc)
             raise
 
-    def _execute_command(self, *args: Any, **kwargs: Any) -> Any:
+    def _execute_command(self, command: int, sql: Any) -> Any:
+        # the statement's head, for what an error was doing (:func:`_verb`): a slice, never a copy of a
+        # whole batch, and parsed only when an error needs it
+        self._last_sql = sql[:32] if isinstance(sql, str | bytes) else b""
         try:
-            return super()._execute_command(*args, **kwargs)  # type: ignore[misc]  # (private: not in the stubs)
+            return super()._execute_command(command, sql)  # type: ignore[misc]  # (private: not in the stubs)
         except pymysql.err.MySQLError as exc:
             self._locate(exc)
             raise
 
+    _last_sql: str | bytes = b""
+
     def _locate(self, exc: BaseException) -> None:
-        """Note on the driver's error which server it came from, for :func:`describe_error`."""
+        """Note on the driver's error which server it came from and what it was doing, for :func:`describe_error`
+        and the reconnect log."""
         if not getattr(exc, "austasync_where", ""):
             exc.austasync_where = self.where or f"{self.host}:{self.port}"  # type: ignore[attr-defined]
+            exc.austasync_operation = _verb(self._last_sql)  # type: ignore[attr-defined]
 
     def connect(self, sock: Any = None) -> None:
         """Connect (or reconnect), then pin the session (:func:`pin_session`) before anything else runs on it."""
@@ -228,6 +242,14 @@ _SILENT: dict[tuple[str, int | None], str] = {
 }
 
 
+def _verb(sql: str | bytes) -> str:
+    """A statement's first word (``INSERT``, ``COMMIT``, ``SHOW``): what a failed query was doing, without data."""
+    text = sql.decode("latin1") if isinstance(sql, bytes) else sql
+    words = text.split(None, 1)
+    word = words[0].upper() if words else ""
+    return word if word.isalpha() else "query"
+
+
 def describe_error(exc: BaseException) -> str:
     """The driver's error as a sentence that is never empty: code, text (or what a silent one means) and the
     server it came from (``on target 10.0.0.5:3306``) when the connection noted it."""
@@ -247,6 +269,12 @@ def _message(exc: BaseException) -> str:
     if len(args) >= 2:
         return f"error {args[0]}: {args[1]}"
     return str(exc)
+
+
+def set_read_timeout(conn: Connection, seconds: float | None) -> None:
+    """From now on a read that waits longer than ``seconds`` fails as a lost connection (error 2013): a server
+    that stalls is noticed instead of waited for (PyMySQL applies ``_read_timeout`` at its next read)."""
+    conn._read_timeout = seconds  # type: ignore[attr-defined]  # (private: not in the stubs)
 
 
 def query(conn: Connection, sql: str | bytes, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:

@@ -34,9 +34,29 @@ class ConfigError(AustasyncError):
 
 
 class UnavailableError(AustasyncError):
-    """A server (source, target, Redis) is unreachable or refused us; transient from our point of view."""
+    """A server (source, target, Redis) is unreachable or refused us; transient from our point of view.
+
+    Where it is known, which server (``server``: "source", "target" or "redis", and its ``address``), what was
+    being done (``operation``) and the server's own error (``detail``: code and text) travel with it, so the
+    daemon's reconnect log and metrics can say them without parsing the message.
+    """
 
     kind = "unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str | None = None,
+        address: str | None = None,
+        operation: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.server = server
+        self.address = address
+        self.operation = operation
+        self.detail = detail
 
 
 class SetupError(AustasyncError):

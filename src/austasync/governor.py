@@ -122,9 +122,7 @@ def read_source(conn: Connection, config: ThrottleConfig, clock: Callable[[], fl
         else:
             running = int(shown)
             if running > config.max_threads_running:
-                reasons.append(
-                    ("threads_running", f"source Threads_running {running} > {config.max_threads_running}")
-                )
+                reasons.append(("threads_running", f"source Threads_running {running} > {config.max_threads_running}"))
             paces.append(_slowed(running, config.max_threads_running, config.slow_from, "source Threads_running", ""))
     history = math.nan
     if config.max_history_list_length:

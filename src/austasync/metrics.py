@@ -26,10 +26,12 @@ PHASES = [
     "stopped_ddl",
     "stopped_error",
     "stopping",
+    "reconnecting",
     "draining",
     "drained",
     "promoted",
 ]
+RECONNECT_SERVERS = ("source", "target", "redis")
 THROTTLE_REASONS = ["threads_running", "history_list", "probe", "lock_waits", "lag", "none"]
 
 # name, type, labels, meaning: the README's metrics reference is generated from and tested against this
@@ -147,6 +149,14 @@ REFERENCE: list[tuple[str, str, str, str]] = [
         "kind",
         "Errors by kind (unavailable, drift, uncarryable, ddl_stop, fenced, ...).",
     ),
+    (
+        "austasync_reconnects_total",
+        "counter",
+        "server",
+        "Attempts to reconnect after a lost or refused connection, by the server that failed (source, target,"
+        " redis); a deadlock or lock wait timeout on the target, applied again, counts too. The daemon retries"
+        " in-process for up to apply.retry_budget_seconds before exiting 3.",
+    ),
     ("austasync_lease_held", "gauge", "", "1 while this process holds the migration's lease."),
     ("austasync_last_checkpoint_timestamp_seconds", "gauge", "", "Unix time of the last committed checkpoint."),
     (
@@ -231,6 +241,9 @@ class Metrics:
         )
         self.verify_chunks = Counter("austasync_verify_chunks", "Verified chunks by result.", ["result"], registry=r)
         self.errors = Counter("austasync_errors", "Errors by kind.", ["kind"], registry=r)
+        self.reconnects = Counter(
+            "austasync_reconnects", "Reconnect attempts after a lost or refused connection.", ["server"], registry=r
+        )
         self.lease_held = Gauge("austasync_lease_held", "Lease held by this process.", registry=r)
         self.last_checkpoint = Gauge(
             "austasync_last_checkpoint_timestamp_seconds", "Last committed checkpoint.", registry=r
@@ -242,6 +255,8 @@ class Metrics:
         self.phase.state("starting")
         for result in ("match", "mismatch"):
             self.verify_chunks.labels(result)
+        for server in RECONNECT_SERVERS:
+            self.reconnects.labels(server)
         for kind in ("unavailable", "drift", "uncarryable", "ddl_stop", "fenced", "setup", "binlog_purged", "error"):
             self.errors.labels(kind)
 

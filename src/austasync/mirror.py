@@ -98,11 +98,13 @@ class Mirror:
         """Extend our lease; False if another daemon holds it now. Redis unreachable counts as still ours: the
         fence in the target, not the lease, is what stops a stale writer, so a Redis outage must not stop us."""
         try:
-            return self._renew(ttl_seconds)
+            return self.renew(ttl_seconds)
         except redis.RedisError:
             return True
 
-    def _renew(self, ttl_seconds: float) -> bool:
+    def renew(self, ttl_seconds: float) -> bool:
+        """:meth:`renew_lease` that raises Redis's error (the daemon's :class:`~austasync.recovery.RedisLink`
+        logs it and spaces the next attempts)."""
         result = self.client.eval(  # type: ignore[no-untyped-call]  # redis stubs leave eval untyped
             _RENEW, 1, self.key("lease"), self.token_value, int(ttl_seconds * 1000)
         )

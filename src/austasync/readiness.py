@@ -4,6 +4,7 @@ One function decides, from the status the daemon publishes to Redis, so ``austas
 database credentials) and the daemon's ``/ready`` endpoint always agree. Ready means all of:
 
 - the daemon is alive (its ``alive`` key, refreshed by the apply loop with a short TTL, exists);
+- it is not reconnecting to a server (:mod:`austasync.recovery`: the stream is not flowing meanwhile);
 - its status is fresh (published within ``STALE_SECONDS``);
 - every table is copied and the phase is ``streaming``;
 - apply lag is at most the limit;
@@ -48,6 +49,7 @@ def evaluate(
     checks = [
         Check("daemon_alive", alive, alive, "" if alive else "the daemon's alive key expired: it is down or hung")
     ]
+    checks.append(_connected_check(doc))
     updated = float(doc.get("updated_at") or 0)
     age = now - updated if updated else None
     fresh = age is not None and age <= STALE_SECONDS
@@ -70,6 +72,18 @@ def evaluate(
         )
     )
     return checks
+
+
+def _connected_check(doc: dict[str, Any]) -> Check:
+    outages = doc.get("reconnecting") or {}
+    if not isinstance(outages, dict) or not outages:
+        return Check("connected", True, None, "")
+    each = "; ".join(
+        f"{name} {o.get('address')} (attempt {o.get('attempts')}): {o.get('operation')}: {o.get('error')}"
+        for name, o in sorted(outages.items())
+        if isinstance(o, dict)
+    )
+    return Check("connected", False, outages, f"reconnecting to {each}")
 
 
 def _foreign_check(doc: dict[str, Any]) -> Check:

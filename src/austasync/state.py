@@ -25,7 +25,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from austasync.db import Connection, query
+from austasync.db import Connection, query, status
 from austasync.errors import FencedError, UnavailableError
 from austasync.position import Position
 from austasync.sql import quote_ident
@@ -140,16 +140,27 @@ class TargetState:
     # --- fencing, docs/DESIGN.md#rule-fencing --------------------------------------------------------------
 
     def take_over(self, conn: Connection, my_connections: list[int]) -> int:
-        """Become the writer: kill the previous holder's sessions, bump the generation, record ours."""
+        """Become the writer: kill the previous holder's sessions, bump the generation, record ours.
+
+        Sessions recorded before the target last started are not killed: they died with it, and their ids are
+        handed out again from 1 (a daemon reconnecting after a target restart would otherwise kill whoever holds
+        them now: another client, its own watcher).
+        """
+        uptime = int(status(conn, "Uptime") or 0)
         rows = query(
-            conn, f"SELECT connections, promoted FROM {self.schema}.fence WHERE migration = %s", (self.migration,)
+            conn,
+            # one second more than the uptime: the server started no later than that (the uptime is rounded down)
+            f"SELECT connections, promoted, updated_at < NOW(6) - INTERVAL %s SECOND FROM {self.schema}.fence"
+            " WHERE migration = %s",
+            (uptime + 1, self.migration),
         )
         query(conn, "COMMIT")
         if rows and int(rows[0][1]):
             raise FencedError(
                 f"the target is promoted for migration {self.migration!r}: austasync no longer writes to it"
             )
-        previous = [int(c) for c in str(rows[0][0]).split(",") if c] if rows else []
+        before_start = bool(rows and int(rows[0][2] or 0))
+        previous = [int(c) for c in str(rows[0][0]).split(",") if c] if rows and not before_start else []
         for conn_id in previous:
             if conn_id in my_connections:
                 continue
@@ -176,8 +187,8 @@ class TargetState:
         self.check_fence(conn)
         query(
             conn,
-            f"UPDATE {self.schema}.fence SET connections = CONCAT_WS(',', NULLIF(connections, ''), %s)"
-            " WHERE migration = %s AND generation = %s",
+            f"UPDATE {self.schema}.fence SET connections = CONCAT_WS(',', NULLIF(connections, ''), %s),"
+            " updated_at = CURRENT_TIMESTAMP(6) WHERE migration = %s AND generation = %s",
             (",".join(str(c) for c in connections), self.migration, self.generation),
         )
         query(conn, "COMMIT")

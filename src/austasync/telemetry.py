@@ -22,6 +22,7 @@ from austasync.governor import Pause
 from austasync.metrics import Metrics
 from austasync.mirror import Mirror
 from austasync.position import Position
+from austasync.recovery import RedisLink
 from austasync.schema import TableId
 from austasync.state import CopyCursor, holder_name
 
@@ -79,6 +80,12 @@ class Telemetry:
     # where /control/* answers (http_listen or control_listen) and how it is guarded; never the token
     control_listen: str | None = None
     control_auth: str | None = None
+    # the source or target outage the daemon is reconnecting from (austasync.recovery.Reconnector.status)
+    reconnecting: dict[str, Any] | None = None
+    redis: RedisLink = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.redis = RedisLink(self.config.redis, self.log, self.metrics, clock=self.clock, wall=self.wall)
 
     # --- computed at read time ---------------------------------------------------------------------------------
 
@@ -226,6 +233,8 @@ class Telemetry:
                 else self.watch_resume  # not watching (yet): keep the last daemon's point for the next one
             ),
             "pending_stop": self.pending_stop,
+            # by server, each outage being retried now: the gate is not ready while any is
+            "reconnecting": self.reconnecting_doc(),
             "holder": holder_name(),
             "http_listen": self.http_listen,
             "control_listen": self.control_listen,
@@ -233,6 +242,15 @@ class Telemetry:
             "generation": self.generation,
             "updated_at": self.wall(),
         }
+
+    def reconnecting_doc(self) -> dict[str, dict[str, Any]] | None:
+        outages = {}
+        if self.reconnecting is not None:
+            outages[str(self.reconnecting["server"])] = self.reconnecting
+        redis_outage = self.redis.status()
+        if redis_outage is not None:
+            outages["redis"] = redis_outage
+        return outages or None
 
     def _watch_state(self) -> str:
         watcher = self.watcher
@@ -247,11 +265,8 @@ class Telemetry:
     def publish(self, force: bool = False) -> None:
         self.last_publish = self.clock()
         doc = self.status_doc()
-        try:
-            self.mirror.publish(doc, ALIVE_TTL_SECONDS)
-        except Exception as exc:  # noqa: BLE001 (Redis is a mirror: losing it must not stop replication)
-            if force:
-                self.log.warning("could not publish status to Redis", error=type(exc).__name__)
+        # Redis is a mirror: losing it must not stop replication (the link logs the outage and spaces retries)
+        self.redis.call("publish the status", lambda: self.mirror.publish(doc, ALIVE_TTL_SECONDS), force=force)
         if self.progress is not None:
             self._progress_line(doc)
 
@@ -260,10 +275,17 @@ class Telemetry:
         if self.clock() - self.last_verification_sync < VERIFICATION_SYNC_SECONDS:
             return
         self.last_verification_sync = self.clock()
-        try:
-            doc = self.mirror.verification()
-        except Exception:  # noqa: BLE001 (Redis down: keep the last values; the gate reports Redis itself)
+        # Redis down: keep the last values; the gate reports Redis itself
+        read = self.redis.call("read the verification", lambda: (self.mirror.verification(),))
+        if read is None:
             return
+        doc, known = read[0], self.last_verification
+        if known and (not doc or _finished(doc) < _finished(known)):
+            # Redis restarted empty (or lost a publish while down): the daemon's copy is the newer truth
+            if not self.redis.call("republish the verification", lambda: self.republish_verification(known)):
+                return
+            self.log.info("republished the last verification to Redis", finished_at=known.get("finished_at"))
+            doc = known
         if not doc:
             return
         self.last_verification = doc
@@ -273,6 +295,11 @@ class Telemetry:
         for db, table in self.cursors:
             name = f"{db}.{table}"
             self.metrics.drift_rows.labels(name).set(float(per_table.get(name, 0) or 0))
+
+    def republish_verification(self, doc: dict[str, Any]) -> bool:
+        """Publish a verification summary again (raises Redis's error; call it through :attr:`redis`)."""
+        self.mirror.publish_verification(doc)
+        return True
 
     def publish_due(self) -> bool:
         return self.clock() - self.last_publish >= 1.0
@@ -295,6 +322,10 @@ class Telemetry:
             f"  at {doc['position']}  lag {doc['lag_seconds']:6.1f}s  {throttle:<45}"
         )
         self.progress.flush()
+
+
+def _finished(doc: dict[str, Any]) -> float:
+    return float(doc.get("finished_at") or 0)
 
 
 def _peek_timestamp(reader: BinlogReader) -> float | None:

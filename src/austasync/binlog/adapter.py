@@ -75,7 +75,7 @@ from austasync.binlog.rowcodec import ColumnSpec, RowsDecoder, ValueStop, first_
 from austasync.binlog.txn import Chunk as _Chunk
 from austasync.binlog.txn import TxnState as _TxnState
 from austasync.config import DatabaseConfig
-from austasync.db import DriverConnection, tls_options
+from austasync.db import DriverConnection, describe_error, tls_options
 from austasync.errors import UnavailableError, UncarryableValueError
 from austasync.events import (
     Begin,
@@ -647,7 +647,8 @@ class BinlogReader:
             self._read()
         except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which decides)
             if not self._stop.is_set():
-                self._put(ReaderFailed(_translate(exc, self.start_position)))
+                address = f"{self._settings.get('host')}:{self._settings.get('port')}"
+                self._put(ReaderFailed(_translate(exc, self.start_position, address)))
 
     def _read(self) -> None:
         stream = BinLogStreamReader(
@@ -1263,8 +1264,8 @@ def _interrupt(stream: BinLogStreamReader | None) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _translate(exc: BaseException, start: Position) -> BaseException:
-    """Library and driver errors as austasync errors with what to do."""
+def _translate(exc: BaseException, start: Position, address: str | None = None) -> BaseException:
+    """Library and driver errors as austasync errors with what to do (``address``: the source's host:port)."""
     from austasync.errors import AustasyncError, BinlogPurgedError  # noqa: PLC0415 (keeps the import graph flat)
 
     if isinstance(exc, UncarryableValueError):
@@ -1282,11 +1283,12 @@ def _translate(exc: BaseException, start: Position) -> BaseException:
             f"the source cannot stream from {start}: {args[1] if len(args) > 1 else exc}. The binlog the checkpoint"
             " needs is gone; start a re-copy with `austasync reset --config FILE` and then `austasync run`"
         )
+    where = {"server": "source", "address": address, "operation": "binlog stream", "detail": describe_error(exc)}
     if code is not None:
         return UnavailableError(
-            f"binlog stream from the source failed: error {code}: {args[1] if len(args) > 1 else ''}"
+            f"binlog stream from the source failed: error {code}: {args[1] if len(args) > 1 else ''}", **where
         )
-    return UnavailableError(f"binlog stream from the source failed: {type(exc).__name__}: {exc}")
+    return UnavailableError(f"binlog stream from the source failed: {type(exc).__name__}: {exc}", **where)
 
 
 # statements on the target that change no replicated object: not foreign writes (trigger and event DDL are:
