@@ -324,9 +324,6 @@ class Daemon:
                 f"no table selected in {', '.join(self.config.replication.databases)} on the source; check"
                 " replication.databases and the include/exclude lists"
             )
-        # from here on this session runs short statements only (the housekeeping's): a source that stalls every
-        # connection is then noticed here as on the binlog stream, and reconnected from, not waited for
-        set_read_timeout(source, self.config.replication.read_timeout_seconds or None)
         return source, tables, fks
 
     def _start_http(self) -> None:
@@ -493,6 +490,10 @@ class Daemon:
             copying = any(not c.done for c in self.telemetry.cursors.values())
             snapshot = SnapshotReader(self.config.source, self.config.copy.render) if copying else None
             self._announce(checkpoint, applier, len(tables), copying=snapshot is not None)
+            # from here on the source session runs the loop's short statements only (housekeeping, throttle): a
+            # source that stalls every connection is then noticed here as on the binlog stream, and reconnected
+            # from, not waited for (the start-up's catalog reads above may take long on a big schema)
+            set_read_timeout(source, self.config.replication.read_timeout_seconds or None)
             try:
                 self._loop(source, applier, reader, snapshot, tables)
             except StopError as exc:
