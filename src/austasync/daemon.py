@@ -1622,10 +1622,12 @@ class Daemon:
         """Called from the verifier thread: the verdict goes to Redis now and to the target at the next tick; with
         Redis down it is kept, and republished when Redis answers (Telemetry.sync_verification)."""
         doc = gate_summary(result, self.telemetry.wall())
-        self.telemetry.last_verification = doc
         try:
             self.mirror.publish_verification(doc)
         except (redis.RedisError, OSError) as exc:
+            # kept where the loop persists it to the target and republishes it; with Redis up the loop takes it
+            # from Redis at its next sync, as always (metrics first, then the target)
+            self.telemetry.last_verification = doc
             self.log.warning("cannot publish the verification to Redis; kept for when it answers", error=str(exc))
         self._clear_foreign(result)
         for table in result.tables:
