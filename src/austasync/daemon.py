@@ -24,6 +24,7 @@ from austasync import log as logmod
 from austasync import repair as repairmod
 from austasync.applier import Applier, ChunkWriter, LoadRefused
 from austasync.binlog import outcomes, statements
+from austasync.binlog import query as query_event
 from austasync.binlog.adapter import BinlogReader, TargetWriteWatcher
 from austasync.config import Config, control_token_problem, is_loopback_host, split_listen
 from austasync.control import AUTO_RELEASE_SECONDS, Control, Request
@@ -1816,13 +1817,8 @@ def _check_binlog_available(conn: Connection, position: Position) -> None:
 
 
 def _collation_name(collation: int | None) -> str | None:
-    if collation is None:
-        return None
-    try:
-        charset = pymysql.charset.charset_by_id(collation)
-    except KeyError:
-        return None
-    return str(getattr(charset, "collation", "")) or None  # the driver's stubs lack the attribute
+    names = query_event.collation_names(collation)
+    return names[1] if names and names[1] else None
 
 
 def _not_replayable(event: Statement) -> str | None:

@@ -485,7 +485,7 @@ def ensure_target(
         tdb = config.replication.target_db(table.db)
         existing = _shape(target, tdb, table.name)
         if not existing:
-            ddl = (creates or {}).get(table.id) or _show_create(source, table)
+            ddl = (creates or {}).get(table.id) or show_create(source, table.id)
             if ddl is None:
                 continue  # dropped on the source since it was listed: the stream says what becomes of it
 
@@ -514,9 +514,10 @@ def ensure_target(
     return created
 
 
-def _show_create(source: Connection, table: Table) -> str | None:
+def show_create(source: Connection, key: TableId) -> str | None:
+    """``SHOW CREATE TABLE`` of ``key``, or None when the table is gone (dropped or renamed since it was listed)."""
     try:
-        return str(query(source, f"SHOW CREATE TABLE {qualified(table.db, table.name)}")[0][1])
+        return str(query(source, f"SHOW CREATE TABLE {qualified(*key)}")[0][1])
     except pymysql.err.ProgrammingError as exc:
         if exc.args[0] != 1146:
             raise

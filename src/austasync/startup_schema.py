@@ -28,11 +28,18 @@ from austasync import objects
 from austasync.binlog import statements
 from austasync.binlog.adapter import LoggedStatement, logged_statements
 from austasync.config import Config
-from austasync.db import Connection, binlog_end, query
+from austasync.db import Connection, binlog_end
 from austasync.errors import SetupError
 from austasync.position import Position
-from austasync.schema import ForeignKey, Table, TableId, check_foreign_keys, load_foreign_keys, load_tables
-from austasync.sql import qualified
+from austasync.schema import (
+    ForeignKey,
+    Table,
+    TableId,
+    check_foreign_keys,
+    load_foreign_keys,
+    load_tables,
+    show_create,
+)
 
 ATTEMPTS = 5
 
@@ -105,12 +112,10 @@ def read_at_p0(
 
 
 def _show_create(source: Connection, key: TableId) -> str:
-    try:
-        return str(query(source, f"SHOW CREATE TABLE {qualified(*key)}")[0][1])
-    except pymysql.err.ProgrammingError as exc:
-        if exc.args[0] != 1146:
-            raise
-        raise _Changed(f"table {key[0]}.{key[1]} was dropped or renamed after it was listed") from None
+    ddl = show_create(source, key)
+    if ddl is None:
+        raise _Changed(f"table {key[0]}.{key[1]} was dropped or renamed after it was listed")
+    return ddl
 
 
 def _schema_changes(

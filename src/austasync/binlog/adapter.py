@@ -444,9 +444,6 @@ def _connection_settings(db: DatabaseConfig, read_timeout: float) -> dict[str, A
     }
 
 
-_UTF8_CHARSETS = frozenset({"utf8", "utf8mb3", "utf8mb4"})
-
-
 @dataclass(frozen=True, slots=True)
 class LoggedStatement:
     """A statement a server logged as text: the session that ran it (the Query event's thread id), its default
@@ -1242,12 +1239,6 @@ def _read_packet(rfile: Any, buf: bytes, pos: int, seq: int) -> tuple[bytes, byt
         pos += length
         if length < _MAX_PACKET:
             return b"".join(parts), buf, pos, seq
-
-
-def _text_or_none(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("ascii", "replace")
-    return str(value) if value else None
 
 
 def _interrupt(stream: BinLogStreamReader | None) -> None:

@@ -53,19 +53,31 @@ class QueryFields:
         set), or UTF-8 bytes from a UTF-8 client. A ``latin1`` session's ``DEFAULT 'ção'`` is neither."""
         if self.statement.isascii():
             return True
-        if self.client_collation is None:
-            return False
-        try:
-            charset = pymysql.charset.charset_by_id(self.client_collation)
-        except KeyError:  # a collation newer than the driver's table (MariaDB 11's uca1400 ids): cannot tell
-            return False
-        if getattr(charset, "name", None) not in _UTF8_CHARSETS:  # the driver's stubs lack the attribute
+        if charset_of(self.client_collation) not in _UTF8_CHARSETS:
             return False
         try:
             self.statement.decode("utf-8")
         except UnicodeDecodeError:
             return False
         return True
+
+
+def collation_names(collation: int | None) -> tuple[str, str] | None:
+    """(character set, collation) of a collation id, or None when the id is None or unknown to the driver's table
+    (MariaDB 11's uca1400 ids): then what it means cannot be told."""
+    if collation is None:
+        return None
+    try:
+        found = pymysql.charset.charset_by_id(collation)
+    except KeyError:
+        return None
+    # the driver's stubs lack the attributes
+    return str(getattr(found, "name", "")), str(getattr(found, "collation", ""))
+
+
+def charset_of(collation: int | None) -> str | None:
+    names = collation_names(collation)
+    return names[0] if names else None
 
 
 def decode(b: bytes, body: int, body_end: int, post_header: int, where: str) -> QueryFields:
