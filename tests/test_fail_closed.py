@@ -443,15 +443,21 @@ def test_a_non_ascii_ddl_from_a_utf8_session_is_replayed_exactly(env: Env) -> No
 # --- session settings a DDL depends on that the binlog does not carry --------------------------------------------
 
 
-@pytest.fixture
-def legacy_timestamps(env: Env) -> Iterator[None]:
-    """A source whose sessions default to explicit_defaults_for_timestamp = OFF (MySQL 5.7's default), the target
-    left at ON (MariaDB 10.10+ and MySQL 8.0): a test server's global, set by the test, never by austasync."""
-    env.source.execute("SET GLOBAL explicit_defaults_for_timestamp = OFF")
+def source_global(env: Env, name: str, value: str, default: str) -> Iterator[None]:
+    """The test source server's global ``name`` at ``value`` for one test, ``default`` again after it: set by the
+    test, never by austasync."""
+    env.source.execute(f"SET GLOBAL {name} = {value}")
     try:
         yield
     finally:
-        env.source.execute("SET GLOBAL explicit_defaults_for_timestamp = ON")
+        env.source.execute(f"SET GLOBAL {name} = {default}")
+
+
+@pytest.fixture
+def legacy_timestamps(env: Env) -> Iterator[None]:
+    """A source whose sessions default to explicit_defaults_for_timestamp = OFF (MySQL 5.7's default), the target
+    left at ON (MariaDB 10.10+ and MySQL 8.0)."""
+    yield from source_global(env, "explicit_defaults_for_timestamp", "OFF", "ON")
 
 
 def test_a_timestamp_column_added_under_exec_gets_the_sources_implicit_default(
@@ -494,11 +500,7 @@ def test_a_ddl_from_a_session_with_another_lc_time_names_stops_under_exec(env: E
 
 @pytest.fixture
 def two_phase_alter(env: Env) -> Iterator[None]:
-    env.source.execute("SET GLOBAL binlog_alter_two_phase = ON")  # the test server's global, set by the test
-    try:
-        yield
-    finally:
-        env.source.execute("SET GLOBAL binlog_alter_two_phase = OFF")
+    yield from source_global(env, "binlog_alter_two_phase", "ON", "OFF")
 
 
 def test_a_two_phase_alter_is_run_once_at_its_commit_and_not_at_all_when_it_rolled_back(
